@@ -1,0 +1,215 @@
+"""The ``difftest`` command line: fuzz, list and replay.
+
+Exit status: 0 when everything passed, 1 when a failure was found or a saved
+failure still reproduces, 2 for a usage error (one line naming the bad value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from typing import Any, Optional, Sequence
+
+from difftest.case import DTYPES
+from difftest.errors import DifftestError, UsageError
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+DEFAULT_MAX_EXAMPLES = 100
+DEFAULT_REPORT_DIR = "reports"
+DEFAULT_TIMEOUT = 60.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a positive integer")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer seed") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a seed of 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds above 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="difftest", description="Differential testing of conv2d implementations against torch.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug output)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    fuzz = commands.add_parser("fuzz", help="search for cases where implementations disagree with the truth")
+    fuzz.add_argument("--impl", action="append", metavar="SPEC", default=[],
+                      help="implementation to fuzz: a registered name, MODULE:FUNCTION or path/to/file.py:FUNCTION "
+                           "(repeatable; default: the built-ins)")
+    fuzz.add_argument("--max-examples", type=_positive_int, default=None, metavar="N",
+                      help=f"examples per implementation (default {DEFAULT_MAX_EXAMPLES}, or the profile's)")
+    fuzz.add_argument("--seed", type=_seed, default=None, metavar="S",
+                      help="fix Hypothesis's random choices so the same command gives the same run")
+    fuzz.add_argument("--report-dir", default=DEFAULT_REPORT_DIR, metavar="DIR",
+                      help=f"folder for failure reports (default {DEFAULT_REPORT_DIR})")
+    fuzz.add_argument("--dtype", action="append", choices=DTYPES, default=None,
+                      help="only generate this dtype (repeatable)")
+    fuzz.add_argument("--device", action="append", default=None, metavar="DEVICE",
+                      help="only generate this device: cpu, cuda or mps (repeatable)")
+    fuzz.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                      help=f"time limit per call of an isolated implementation (default {DEFAULT_TIMEOUT:g})")
+    isolation = fuzz.add_mutually_exclusive_group()
+    isolation.add_argument("--isolate", dest="isolate", action="store_true", default=None,
+                           help="run every implementation in a worker process")
+    isolation.add_argument("--no-isolate", dest="isolate", action="store_false",
+                           help="run every implementation in this process")
+    fuzz.add_argument("--check-determinism", action="store_true",
+                      help="run each case twice and report answers that differ by more than the bound")
+    fuzz.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
+
+    commands.add_parser("list", help="list the registered implementations and what they support")
+
+    replay = commands.add_parser("replay", help="re-run saved reports and mark fixed ones")
+    replay.add_argument("paths", nargs="+", metavar="PATH", help="report files (*.json) or folders holding them")
+    replay.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    return parser
+
+
+def _implementations(specs: list[str], isolate: Optional[bool]) -> list[Any]:
+    from difftest import builtins
+    from difftest.registry import get, load
+
+    if specs:
+        chosen = [load(spec) for spec in specs]
+    else:
+        chosen = [get(name) for name in builtins.DEFAULT]
+    if isolate is not None:
+        chosen = [dataclasses.replace(implementation, isolate=isolate) for implementation in chosen]
+    return chosen
+
+
+def _fuzz(arguments: argparse.Namespace) -> int:
+    from difftest.fuzz import FuzzOptions, fuzz
+    from difftest.reports import ensure_report_dir
+    from difftest.summary import render_table, results_json
+    from strategies import available_devices
+
+    ensure_report_dir(arguments.report_dir)
+    if arguments.device:
+        present = available_devices()
+        for device in arguments.device:
+            if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+                raise UsageError("--device", device, "unknown device", "pass cpu, cuda or mps")
+            if device.split(":")[0] not in present:
+                raise UsageError("--device", device, "is not present on this machine",
+                                 f"present: {', '.join(present)}")
+    implementations = _implementations(arguments.impl, arguments.isolate)
+    strategy: dict[str, Any] = {}
+    if arguments.dtype:
+        strategy["dtypes"] = arguments.dtype
+    if arguments.device:
+        strategy["devices"] = arguments.device
+    options = FuzzOptions(
+        max_examples=arguments.max_examples or DEFAULT_MAX_EXAMPLES,
+        seed=arguments.seed,
+        report_dir=arguments.report_dir,
+        check_determinism=arguments.check_determinism,
+        timeout=arguments.timeout,
+        strategy=strategy,
+    )
+    results = fuzz(implementations, options)
+    if arguments.json:
+        print(json.dumps(results_json(results), indent=2, sort_keys=True))
+    else:
+        print(render_table(results))
+    return EXIT_FAILURE if any(result.failed for result in results) else EXIT_OK
+
+
+def _list(arguments: argparse.Namespace) -> int:
+    from difftest._entry_points import entry_point_errors
+    from difftest.registry import registered
+
+    for name, implementation in sorted(registered().items()):
+        supports = implementation.supports
+        flags = [f"dtypes={','.join(sorted(supports.dtypes))}"]
+        for option in ("stride", "dilation", "groups", "bias"):
+            if not getattr(supports, option):
+                flags.append(f"no {option}")
+        if supports.padding_modes != {"zeros"}:
+            flags.append("padding modes")
+        if supports.error_model != "elementwise":
+            flags.append(f"{supports.error_model} error")
+        if implementation.expected_to_fail:
+            flags.append("known bad")
+        print(f"{name:<24} {implementation.target:<44} {'; '.join(flags)}")
+    for name, error in sorted(entry_point_errors().items()):
+        print(f"{name:<24} (entry point failed to load: {error})")
+    return EXIT_OK
+
+
+def _replay(arguments: argparse.Namespace) -> int:
+    from difftest.replay import find_reports, replay_path
+
+    paths = find_reports(arguments.paths)
+    if not paths:
+        raise UsageError("PATH", " ".join(arguments.paths), "holds no report files (*.json)",
+                         "pass report files or the folder holding them")
+    results = [replay_path(path) for path in paths]
+    if arguments.json:
+        print(json.dumps([{"path": r.path, "status": r.status, "error": r.error,
+                           "verdict": r.outcome.verdict if r.outcome else None} for r in results], indent=2))
+    else:
+        for result in results:
+            what = result.error if result.status == "invalid" else (result.outcome.verdict if result.outcome else "")
+            print(f"{result.status:<11} {result.path}  {what}")
+    if any(result.status == "invalid" for result in results):
+        return EXIT_USAGE
+    return EXIT_FAILURE if any(result.status == "reproduces" for result in results) else EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(arguments.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"fuzz": _fuzz, "list": _list, "replay": _replay}
+    try:
+        return handlers[arguments.command](arguments)
+    except DifftestError as error:
+        print(f"difftest {arguments.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("difftest: interrupted; reports written so far are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Failure reports: a JSON record and a standalone reproduction script per shrunk failure.
+
+Files are written whole (temporary name, then rename) under names derived
+from their content, so parallel workers never overwrite each other and a run
+killed at any moment leaves only whole reports behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import uuid
+from typing import Any, Optional
+
+import torch
+
+from difftest._atomic import write_atomic
+from difftest.case import ConvCase
+from difftest.errors import ReportError, UsageError
+from difftest.registry import Implementation
+from difftest.runner import Outcome
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "RUN_ID",
+    "worker_id",
+    "versions",
+    "report_dict",
+    "write_report",
+    "load_report",
+    "ensure_report_dir",
+    "report_paths",
+]
+
+FORMAT = "difftest-report"
+VERSION = 1
+
+# Identifies the run that wrote a report; pytest-xdist workers of one run share
+# the controller's testrunuid when there is one.
+RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex[:12]
+
+# Fields a report must have, with their JSON types, checked on load.
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "implementation": dict,
+    "case": dict,
+    "verdict": str,
+    "status": str,
+}
+
+
+def worker_id() -> str:
+    """Return the pytest-xdist worker id (gw0, gw1, ...) or 'main' outside xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def versions() -> dict[str, str]:
+    import hypothesis
+
+    from difftest import __version__
+
+    return {
+        "difftest": __version__,
+        "torch": torch.__version__,
+        "hypothesis": hypothesis.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def ensure_report_dir(path: str) -> str:
+    """Create the report folder if needed and check it is writable; raise UsageError if not."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UsageError("--report-dir", path, f"cannot be created ({error.strerror})",
+                         "pass a folder you can write to") from None
+    if not os.path.isdir(path):
+        raise UsageError("--report-dir", path, "is not a folder", "pass a folder you can write to")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError("--report-dir", path, "is not writable", "pass a folder you can write to")
+    return path
+
+
+def report_dict(outcome: Outcome, implementation: Implementation, **extra: Any) -> dict[str, Any]:
+    """Return the JSON-ready report of one failing outcome."""
+    comparison = outcome.comparison.to_dict() if outcome.comparison else None
+    bound = None
+    if outcome.bound is not None:
+        bound = {
+            "model": outcome.bound.model,
+            "unit_roundoff": outcome.bound.unit_roundoff,
+            "accumulation_dtype": outcome.bound.accumulation_dtype,
+            "reduction_length": outcome.bound.reduction_length,
+            "factor": outcome.bound.factor,
+            "explanation": outcome.bound.explain(),
+        }
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "status": "open",
+        "implementation": {
+            "name": implementation.name,
+            "target": implementation.target,
+            "isolate": implementation.isolate,
+            "supports": implementation.supports.to_dict(),
+        },
+        "case": outcome.case.to_dict(),
+        "case_descriptor": outcome.case.describe(),
+        "case_call": outcome.case.as_call(),
+        "verdict": outcome.verdict,
+        "detail": outcome.detail,
+        "exception": outcome.exception,
+        "exact": outcome.exact,
+        "comparison": comparison,
+        "bound": bound,
+        "accuracy": {
+            "implementation": outcome.implementation_error,
+            "torch": outcome.torch_error,
+            "ratio": outcome.accuracy_ratio(),
+            "summary": outcome.accuracy_text(),
+        },
+        "reference_suspect": outcome.reference_suspect,
+        "weak_oracle": outcome.weak_oracle,
+        "inputs": None,
+        "diagnosis": None,
+        "run_id": RUN_ID,
+        "worker": worker_id(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    data.update(extra)
+    return data
+
+
+def _content_name(data: dict[str, Any]) -> str:
+    """Return a file stem derived from what failed, where and how, never from when."""
+    key = json.dumps({"target": data["implementation"]["target"], "case": data["case"],
+                      "verdict": data["verdict"], "inputs": data.get("inputs")}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    name = data["implementation"]["name"]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return f"{safe}--{data['verdict']}--{digest}"
+
+
+def report_paths(report_dir: str, data: dict[str, Any]) -> tuple[str, str]:
+    stem = _content_name(data)
+    return os.path.join(report_dir, stem + ".json"), os.path.join(report_dir, stem + ".py")
+
+
+def write_report(report_dir: str, data: dict[str, Any]) -> tuple[str, str]:
+    """Write the JSON report and its reproduction script; return both paths.
+
+    The script is written first, so a JSON report never points at a missing
+    script. Writing the same failure twice gives the same names and the same
+    content, so two workers that find it do not collide.
+    """
+    from difftest.script import render_script
+
+    ensure_report_dir(report_dir)
+    json_path, script_path = report_paths(report_dir, data)
+    data = plain(data)
+    data["script"] = os.path.basename(script_path)
+    data["reproduce"] = f"python {script_path}"
+    write_atomic(script_path, render_script(data), mode=0o755)
+    write_atomic(json_path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return json_path, script_path
+
+
+def plain(value: Any) -> Any:
+    """Return ``value`` as plain JSON data: non-finite floats become the strings 'nan', 'inf', '-inf'."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(item) for item in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, torch.Tensor):
+        return plain(value.tolist())
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float):
+        return repr(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a report")
+
+
+def load_report(path: str) -> dict[str, Any]:
+    """Read and check a saved report; raise ReportError naming the file and the bad field."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except FileNotFoundError:
+        raise ReportError(path, "(file)", "cannot be read: file not found") from None
+    except IsADirectoryError:
+        raise ReportError(path, "(file)", "cannot be read: it is a folder") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ReportError(path, "(file)", f"cannot be read: {error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ReportError(path, "(json)", f"is not valid JSON at line {error.lineno} column {error.colno}: "
+                          f"{error.msg}") from None
+    if not isinstance(data, dict):
+        raise ReportError(path, "(json)", "is not a JSON object")
+    for field, kind in REQUIRED_FIELDS.items():
+        if field not in data:
+            raise ReportError(path, field, "is missing")
+        if not isinstance(data[field], kind):
+            raise ReportError(path, field, f"has type {type(data[field]).__name__}, expected {getattr(kind, '__name__', kind)}")
+    if data["format"] != FORMAT:
+        raise ReportError(path, "format", f"is {data['format']!r}, expected {FORMAT!r}")
+    if data["version"] > VERSION:
+        raise ReportError(path, "version", f"is {data['version']}, newer than this difftest reads ({VERSION})")
+    for field in ("name", "target"):
+        if not isinstance(data["implementation"].get(field), str) or not data["implementation"][field]:
+            raise ReportError(path, f"implementation.{field}", "is missing or not a string")
+    try:
+        ConvCase.from_dict(data["case"])
+    except (UsageError, TypeError, ValueError) as error:
+        raise ReportError(path, "case", f"is invalid: {error}") from None
+    inputs = data.get("inputs")
+    if inputs is not None and (not isinstance(inputs, dict) or not isinstance(inputs.get("input"), list)
+                               or not isinstance(inputs.get("weight"), list)):
+        raise ReportError(path, "inputs", "must hold the lists 'input' and 'weight'")
+    return data
+
+
+def mark_status(path: str, data: dict[str, Any], status: str, outcome: Optional[Outcome] = None) -> None:
+    """Rewrite a report with a new status ('open' or 'fixed'), whole or not at all."""
+    data = plain(data)
+    previous = data.get("status")
+    data["status"] = status
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if status == "fixed" and previous != "fixed":
+        data["fixed_at"] = stamp
+    if status == "open" and previous == "fixed":
+        data.pop("fixed_at", None)
+        data["reopened_at"] = stamp
+    data["last_replayed"] = stamp
+    if outcome is not None:
+        data["last_replay_verdict"] = outcome.verdict
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")

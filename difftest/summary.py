@@ -1,0 +1,56 @@
+"""Summaries of a campaign: the table the command line prints and its JSON form."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from difftest.fuzz import ImplementationResult
+
+__all__ = ["render_table", "results_json"]
+
+
+def _verdict_text(result: ImplementationResult) -> str:
+    if not result.failed:
+        return "pass"
+    return f"FAIL ({result.verdict})" + (", known bad" if result.expected_to_fail else "")
+
+
+def render_table(results: Iterable[ImplementationResult]) -> str:
+    """Return one row per implementation: examples run, verdict, seconds and report path."""
+    results = list(results)
+    rows = [("implementation", "examples", "verdict", "seconds", "report")]
+    for result in results:
+        report = os.path.relpath(result.report) if result.report else "-"
+        rows.append((result.name, str(result.examples), _verdict_text(result), f"{result.seconds:.1f}", report))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for number, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    for result in results:
+        if result.failed and result.outcome is not None:
+            lines.append("")
+            lines.append(f"{result.name}: shrunk to {result.outcome.case.describe()}")
+            lines.append(f"  {result.outcome.detail}")
+    return "\n".join(lines)
+
+
+def results_json(results: Iterable[ImplementationResult]) -> dict[str, Any]:
+    """Return the campaign summary as plain data."""
+    items = []
+    for result in results:
+        items.append({
+            "implementation": result.name,
+            "examples": result.examples,
+            "verdict": result.verdict,
+            "failed": result.failed,
+            "expected_to_fail": result.expected_to_fail,
+            "seconds": round(result.seconds, 3),
+            "report": result.report,
+            "script": result.script,
+            "case": result.outcome.case.to_dict() if result.outcome else None,
+            "detail": result.outcome.detail if result.outcome else "",
+        })
+    return {"implementations": items, "failed": sum(item["failed"] for item in items)}
