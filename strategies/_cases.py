@@ -144,17 +144,24 @@ def conv_cases(
     forms = _choices("padding_forms", padding_forms, supports.padding_forms, _PADDING_FORM_ORDER)
     form = draw(st.sampled_from(forms))
     modes = _choices("padding_modes", padding_modes, supports.padding_modes, _PADDING_MODE_ORDER)
-    mode = draw(st.sampled_from(modes)) if form != "valid" else "zeros"
+    # Options that only apply to some forms are still drawn for every form and
+    # then ignored, so that shrinking the form toward plain explicit padding
+    # never changes which draws follow and the shrinker can always take the step.
+    mode = draw(st.sampled_from(modes))
+    if form == "valid":
+        mode = "zeros"
 
     stride = [1, 1]
-    if form != "same" and allow_stride and supports.stride:
+    if allow_stride and supports.stride:
         stride = [draw(st.integers(1, max_stride)), draw(st.integers(1, max_stride))]
+    if form == "same":
+        stride = [1, 1]
 
+    amounts = (draw(st.integers(0, max_padding)), draw(st.integers(0, max_padding)))
     if form == "int":
-        amount = draw(st.integers(0, max_padding))
-        padding: Any = (amount, amount)
+        padding: Any = (amounts[0], amounts[0])
     elif form == "pair":
-        padding = (draw(st.integers(0, max_padding)), draw(st.integers(0, max_padding)))
+        padding = amounts
     else:
         padding = form
 
@@ -175,8 +182,10 @@ def conv_cases(
             smallest = max(smallest, max(before, after))
         size.append(draw(st.integers(smallest, max(smallest, size_limit))))
 
+    batch = draw(st.integers(1, max_batch))
     unbatched = allow_unbatched and supports.unbatched and draw(st.integers(0, 5)) == 5
-    batch = 1 if unbatched or long_reduction else draw(st.integers(1, max_batch))
+    if unbatched or long_reduction:
+        batch = 1
     bias = allow_bias and supports.bias and draw(st.booleans())
 
     layout_choices = _choices("layouts", layouts, supports.layouts, _LAYOUT_ORDER)
