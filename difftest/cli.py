@@ -1,4 +1,4 @@
-"""The ``difftest`` command line: fuzz, list and replay.
+"""The ``difftest`` command line: fuzz, list, replay and summary.
 
 Exit status: 0 when everything passed, 1 when a failure was found or a saved
 failure still reproduces, 2 for a usage error (one line naming the bad value).
@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Any, Optional, Sequence
 
@@ -25,6 +26,7 @@ EXIT_USAGE = 2
 DEFAULT_MAX_EXAMPLES = 100
 DEFAULT_REPORT_DIR = "reports"
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_PROFILE = "difftest-dev"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="implementation to fuzz: a registered name, MODULE:FUNCTION or path/to/file.py:FUNCTION "
                            "(repeatable; default: the built-ins)")
     fuzz.add_argument("--max-examples", type=_positive_int, default=None, metavar="N",
-                      help=f"examples per implementation (default {DEFAULT_MAX_EXAMPLES}, or the profile's)")
+                      help="examples per implementation (default: the profile's, 100 for difftest-dev)")
     fuzz.add_argument("--seed", type=_seed, default=None, metavar="S",
                       help="fix Hypothesis's random choices so the same command gives the same run")
     fuzz.add_argument("--report-dir", default=DEFAULT_REPORT_DIR, metavar="DIR",
@@ -94,8 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--check-determinism", action="store_true",
                       help="run each case twice and report answers that differ by more than the bound")
     fuzz.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
+    fuzz.add_argument("--profile", default=None, metavar="NAME",
+                      help=f"Hypothesis settings profile: difftest-dev, difftest-ci (derandomized, repeatable), "
+                           f"difftest-thorough, or one your project registered (default {DEFAULT_PROFILE})")
+    fuzz.add_argument("--no-replay", dest="replay", action="store_false",
+                      help="do not replay the open reports in --report-dir before searching")
+    fuzz.add_argument("--progress", action="store_true",
+                      help="print progress to stderr even when it is not a terminal")
 
     commands.add_parser("list", help="list the registered implementations and what they support")
+
+    summary = commands.add_parser("summary", help="rewrite the Markdown summary page (SUMMARY.md) of a report folder")
+    summary.add_argument("report_dir", nargs="?", default=DEFAULT_REPORT_DIR, metavar="DIR",
+                         help=f"report folder (default {DEFAULT_REPORT_DIR})")
 
     replay = commands.add_parser("replay", help="re-run saved reports and mark fixed ones")
     replay.add_argument("paths", nargs="+", metavar="PATH", help="report files (*.json) or folders holding them")
@@ -117,7 +130,10 @@ def _implementations(specs: list[str], isolate: Optional[bool]) -> list[Any]:
 
 
 def _fuzz(arguments: argparse.Namespace) -> int:
+    from difftest.campaign import render_replays, replay_open_reports, write_summary
     from difftest.fuzz import FuzzOptions, fuzz
+    from difftest.profiles import max_examples_of
+    from difftest.progress import ProgressReporter
     from difftest.reports import ensure_report_dir
     from difftest.summary import render_table, results_json
     from strategies import available_devices
@@ -129,7 +145,7 @@ def _fuzz(arguments: argparse.Namespace) -> int:
             if device.split(":")[0] not in ("cpu", "cuda", "mps"):
                 raise UsageError("--device", device, "unknown device", "pass cpu, cuda or mps")
             if device.split(":")[0] not in present:
-                raise UsageError("--device", device, "is not present on this machine",
+                raise UsageError("--device", device, "not present on this machine",
                                  f"present: {', '.join(present)}")
     implementations = _implementations(arguments.impl, arguments.isolate)
     strategy: dict[str, Any] = {}
@@ -137,20 +153,49 @@ def _fuzz(arguments: argparse.Namespace) -> int:
         strategy["dtypes"] = arguments.dtype
     if arguments.device:
         strategy["devices"] = arguments.device
+    profile = arguments.profile or DEFAULT_PROFILE
+    max_examples = max_examples_of(profile, arguments.max_examples)
+    progress = ProgressReporter(sys.stderr, implementations=len(implementations), max_examples=max_examples,
+                                enabled=True if arguments.progress else None)
     options = FuzzOptions(
-        max_examples=arguments.max_examples or DEFAULT_MAX_EXAMPLES,
+        max_examples=max_examples,
         seed=arguments.seed,
         report_dir=arguments.report_dir,
+        profile=profile,
         check_determinism=arguments.check_determinism,
         timeout=arguments.timeout,
         strategy=strategy,
+        on_example=progress.on_example,
     )
-    results = fuzz(implementations, options)
+
+    # Saved failures come first: a bug once found is checked on every run,
+    # even after the Hypothesis example database has been deleted.
+    replays = replay_open_reports(arguments.report_dir, implementations) if arguments.replay else []
+    try:
+        results = fuzz(implementations, options, on_result=progress.on_result)
+    finally:
+        progress.close()
+    summary_path = write_summary(arguments.report_dir)
+
     if arguments.json:
-        print(json.dumps(results_json(results), indent=2, sort_keys=True))
+        print(json.dumps(results_json(results, replays=replays), indent=2, sort_keys=True))
     else:
+        if replays:
+            print(render_replays(replays))
+            print()
         print(render_table(results))
-    return EXIT_FAILURE if any(result.failed for result in results) else EXIT_OK
+        print(f"\nsummary: {summary_path}")
+    reproduced = any(replay.status == "reproduces" for replay in replays)
+    return EXIT_FAILURE if reproduced or any(result.failed for result in results) else EXIT_OK
+
+
+def _summary(arguments: argparse.Namespace) -> int:
+    from difftest.campaign import write_summary
+
+    if not os.path.isdir(arguments.report_dir):
+        raise UsageError("DIR", arguments.report_dir, "is not a folder", "pass the report folder of a campaign")
+    print(write_summary(arguments.report_dir))
+    return EXIT_OK
 
 
 def _list(arguments: argparse.Namespace) -> int:
@@ -197,10 +242,14 @@ def _replay(arguments: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    try:
+        arguments = parser.parse_args(argv)
+    except SystemExit as exit:
+        # argparse has printed the usage error or the help text already.
+        return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.WARNING - 10 * min(arguments.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"fuzz": _fuzz, "list": _list, "replay": _replay}
+    handlers = {"fuzz": _fuzz, "list": _list, "replay": _replay, "summary": _summary}
     try:
         return handlers[arguments.command](arguments)
     except DifftestError as error:

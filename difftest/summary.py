@@ -10,6 +10,12 @@ from difftest.fuzz import ImplementationResult
 __all__ = ["render_table", "results_json"]
 
 
+def _shown_path(path: str) -> str:
+    """Return ``path`` relative to the current folder when it lies inside it, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith(os.pardir) else relative
+
+
 def _verdict_text(result: ImplementationResult) -> str:
     if not result.failed:
         return "pass"
@@ -21,7 +27,7 @@ def render_table(results: Iterable[ImplementationResult]) -> str:
     results = list(results)
     rows = [("implementation", "examples", "verdict", "seconds", "report")]
     for result in results:
-        report = os.path.relpath(result.report) if result.report else "-"
+        report = _shown_path(result.report) if result.report else "-"
         rows.append((result.name, str(result.examples), _verdict_text(result), f"{result.seconds:.1f}", report))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
@@ -37,8 +43,11 @@ def render_table(results: Iterable[ImplementationResult]) -> str:
     return "\n".join(lines)
 
 
-def results_json(results: Iterable[ImplementationResult]) -> dict[str, Any]:
-    """Return the campaign summary as plain data."""
+def results_json(results: Iterable[ImplementationResult], replays: Iterable[Any] = ()) -> dict[str, Any]:
+    """Return the campaign summary as plain data, with the run id, versions and the replayed reports."""
+    from difftest.campaign import replays_json
+    from difftest.reports import RUN_ID, versions
+
     items = []
     for result in results:
         items.append({
@@ -53,4 +62,7 @@ def results_json(results: Iterable[ImplementationResult]) -> dict[str, Any]:
             "case": result.outcome.case.to_dict() if result.outcome else None,
             "detail": result.outcome.detail if result.outcome else "",
         })
-    return {"implementations": items, "failed": sum(item["failed"] for item in items)}
+    replayed = replays_json(replays)
+    return {"implementations": items, "failed": sum(item["failed"] for item in items), "run_id": RUN_ID,
+            "versions": versions(), "replays": replayed,
+            "reproduced": sum(replay["status"] == "reproduces" for replay in replayed)}

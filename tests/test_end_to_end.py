@@ -1,0 +1,118 @@
+"""End to end: fuzz the built-ins, shrink the known-bad one, reproduce and replay its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import difftest
+from difftest.cli import main
+from difftest.registry import get
+
+CORRECT_CORE = ("loop", "unfold", "im2col")
+
+
+def _fuzz(names, tmp_path, **options):
+    settings = dict(max_examples=60, seed=1, report_dir=str(tmp_path / "reports"))
+    settings.update(options)
+    return difftest.fuzz([get(name) for name in names], difftest.FuzzOptions(**settings))
+
+
+@pytest.fixture(scope="module")
+def known_bad_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("known_bad")
+    (result,) = _fuzz(["unfold_transposed"], folder)
+    assert result.failed
+    assert result.report is not None
+    return result
+
+
+def test_known_bad_shrinks_to_one_channel(known_bad_report):
+    case = known_bad_report.outcome.case
+    assert case.batch == 1
+    assert case.in_channels == 1
+    assert case.out_channels == 1
+    assert case.groups == 1
+    assert case.dtype == "float32"
+
+
+def test_known_bad_report_contents(known_bad_report):
+    data = json.load(open(known_bad_report.report))
+    assert data["verdict"] == "mismatch"
+    assert data["implementation"]["name"] == "unfold_transposed"
+    assert data["implementation"]["target"] == "difftest.builtins._unfold:conv2d_transposed"
+    assert data["comparison"]["mismatched"] >= 1
+    assert len(data["comparison"]["greatest"]["index"]) == 4
+    assert data["worker"] == os.environ.get("PYTEST_XDIST_WORKER", "main")
+    for library in ("torch", "hypothesis", "difftest"):
+        assert library in data["versions"]
+
+
+def test_known_bad_script_exits_1(known_bad_report):
+    completed = subprocess.run([sys.executable, known_bad_report.script], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 1, completed.stderr
+    assert "unfold_transposed: mismatch" in completed.stdout
+
+
+def test_known_bad_replay_exits_1(known_bad_report, capsys):
+    assert main(["replay", known_bad_report.report]) == 1
+    assert capsys.readouterr().out.startswith("reproduces")
+
+
+def test_fixed_report_replays_0(known_bad_report, tmp_path, capsys):
+    """A report whose implementation now agrees with the truth is marked fixed, and its script exits 0."""
+    data = json.load(open(known_bad_report.report))
+    data["implementation"]["target"] = "difftest.builtins._unfold:conv2d"
+    path = tmp_path / "now_fixed.json"
+    path.write_text(json.dumps(data))
+    assert main(["replay", str(path)]) == 0
+    assert json.load(open(path))["status"] == "fixed"
+
+    from difftest.script import render_script
+
+    script = tmp_path / "now_fixed.py"
+    script.write_text(render_script(data))
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+@pytest.mark.parametrize("name", CORRECT_CORE)
+def test_correct_core_builtins_pass(name, tmp_path):
+    (result,) = _fuzz([name], tmp_path, max_examples=200, seed=None)
+    assert not result.failed, result.outcome and result.outcome.detail
+    assert result.examples == 200
+
+
+def test_one_failure_does_not_stop_others(tmp_path):
+    results = _fuzz(["unfold_transposed", "im2col"], tmp_path, max_examples=30)
+    assert [result.name for result in results] == ["unfold_transposed", "im2col"]
+    assert results[0].failed
+    assert not results[1].failed
+    assert results[1].examples == 30
+
+
+def test_cli_fuzz_summary_table(tmp_path, capsys):
+    status = main(["fuzz", "--impl", "unfold_transposed", "--impl", "im2col", "--max-examples", "30",
+                   "--seed", "3", "--report-dir", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert status == 1
+    lines = output.splitlines()
+    assert lines[0].split() == ["implementation", "examples", "verdict", "seconds", "report"]
+    assert any(line.startswith("unfold_transposed") and "FAIL (mismatch), known bad" in line for line in lines)
+    assert any(line.startswith("im2col") and " pass " in line for line in lines)
+
+
+def test_fixed_seed_repeats_run(tmp_path, capsys):
+    def run(folder):
+        main(["fuzz", "--impl", "unfold_transposed", "--max-examples", "40", "--seed", "7", "--json",
+              "--report-dir", str(folder)])
+        summary = json.loads(capsys.readouterr().out)
+        (item,) = summary["implementations"]
+        return item["examples"], item["case"]
+
+    assert run(tmp_path / "a") == run(tmp_path / "b")
