@@ -1,0 +1,641 @@
+"""The catalogue of mistakes a diagnosis tests, most specific first.
+
+Each hypothesis builds one or more transformed references: conv2d in float64
+on the case's own input values with one argument, input or output altered the
+way the mistake would alter it. The hypothesis holds when the implementation's
+output matches a transformed reference within the same kind of bound that
+judged it. A reference that does not differ from the true one is not tested,
+so a hypothesis never claims a case it cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from difftest.case import ConvCase, explicit_padding
+from difftest.compare import compare_values
+from difftest.registry import Implementation
+from difftest.runner import CaseContext, Outcome, evaluate
+from difftest.tolerance import (ACCUMULATION_DTYPE, SIGNIFICAND_BITS, Bound, elementwise_bound,
+                                exact_bound, normwise_bound)
+from difftest.values import exact_limit, literal_inputs, Inputs
+
+__all__ = ["CATALOGUE", "Probe", "convolve"]
+
+Pads = tuple[int, int, int, int]
+Transform = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+# Permutation hypotheses pair every slice with every other one; past this
+# many batch items or channels they are skipped to keep a diagnosis fast.
+MAX_PERMUTED = 16
+
+# Accumulation precisions tried by low_precision_accumulation, widest first.
+NARROWER_ACCUMULATION = ("float32", "float16", "bfloat16")
+
+# low_precision_accumulation needs at least this share of the elements that a
+# narrower accumulator rounds to mismatch. A judgement call: on real-valued
+# inputs the deliberately wrong accumulators mismatch in over 90% of them.
+ROUNDING_SHARE = 0.25
+
+
+def convolve(
+    case: ConvCase,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor],
+    *,
+    pads: Optional[Pads] = None,
+    stride: Optional[tuple[int, int]] = None,
+    dilation: Optional[tuple[int, int]] = None,
+    groups: Optional[int] = None,
+    mode: Optional[str] = None,
+) -> torch.Tensor:
+    """Return conv2d of a 4-D input as nn.Conv2d computes it, with any option replaced.
+
+    ``pads`` is (top, bottom, left, right); without it the padding follows the
+    case's padding and the (possibly replaced) dilation, as 'same' does.
+    """
+    stride = stride or case.stride
+    dilation = dilation or case.dilation
+    groups = groups or case.groups
+    mode = mode or case.padding_mode
+    if pads is None:
+        pads = explicit_padding(case.padding, case.kernel, dilation)
+    return F.conv2d(_pad(x, pads, mode), w, b, stride, 0, dilation, groups)
+
+
+def _pad(x: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
+    top, bottom, left, right = pads
+    if not any(pads):
+        return x
+    return F.pad(x, (left, right, top, bottom), mode="constant" if mode == "zeros" else mode)
+
+
+@dataclass
+class Probe:
+    """One failing outcome in the form the hypotheses test: 4-D float64 tensors on the CPU.
+
+    ``output`` is None when the implementation returned no tensor of four
+    dimensions; ``implementation`` and ``caller`` are None when the
+    implementation cannot be called again.
+    """
+
+    case: ConvCase
+    context: CaseContext
+    outcome: Outcome
+    output: Optional[torch.Tensor]
+    truth: torch.Tensor
+    magnitude: torch.Tensor
+    bound: Bound
+    x: torch.Tensor
+    w: torch.Tensor
+    b: Optional[torch.Tensor]
+    implementation: Optional[Implementation] = None
+    caller: Any = None
+
+    @property
+    def same_shape(self) -> bool:
+        return self.output is not None and self.output.shape == self.truth.shape
+
+    def explains(self, transform: Transform, reduction_length: Optional[int] = None) -> bool:
+        """Return whether the output matches the transformed reference where that differs from the truth."""
+        if self.output is None:
+            return False
+        try:
+            values = transform(self.x, self.w, self.b)
+            magnitude = transform(self.x.abs(), self.w.abs(), None if self.b is None else self.b.abs())
+        except (RuntimeError, ValueError, IndexError):
+            # The altered arguments are invalid for this case (a kernel larger
+            # than the input, reflect padding past the border): not testable.
+            return False
+        if values.shape == self.truth.shape and compare_values(values, self.truth, self.bound).passed:
+            return False
+        if values.shape != self.output.shape:
+            return False
+        if values.shape != self.truth.shape and not bool(values.ne(0).any()):
+            # Only the shape would match: all-zero values cannot confirm where the mistake moves them.
+            return False
+        bound = self.bound_for(values, magnitude, reduction_length or self.case.reduction_length)
+        return compare_values(self.output, values, bound).passed
+
+    def bound_for(self, values: torch.Tensor, magnitude: torch.Tensor, reduction_length: int) -> Bound:
+        """Return a bound of the outcome's kind for a transformed reference."""
+        dtype = self.case.dtype
+        finite = magnitude[torch.isfinite(magnitude)]
+        largest = float(finite.max()) if finite.numel() else 0.0
+        if self.bound.model == "exact" and largest <= exact_limit(self.case):
+            return exact_bound(values, dtype, reduction_length)
+        if self.bound.model == "normwise":
+            transform = (self.case.height + self.case.kernel_height) * (self.case.width + self.case.kernel_width)
+            return normwise_bound(magnitude, values, dtype, reduction_length, transform, self.bound.factor)
+        accumulation = self.bound.accumulation_dtype or ACCUMULATION_DTYPE[dtype]
+        return elementwise_bound(magnitude, values, dtype, reduction_length, self.bound.factor,
+                                 accumulation_dtype=accumulation)
+
+    def conv(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], **changes: Any) -> torch.Tensor:
+        return convolve(self.case, x, w, b, **changes)
+
+    def pads(self, dilation: Optional[tuple[int, int]] = None) -> Pads:
+        return explicit_padding(self.case.padding, self.case.kernel, dilation or self.case.dilation)
+
+    def first(self, variants: Iterator[tuple[str, Transform]], reduction_length: Optional[int] = None
+              ) -> Optional[str]:
+        """Return the summary of the first variant that explains the output, or None."""
+        for summary, transform in variants:
+            if self.explains(transform, reduction_length):
+                return summary
+        return None
+
+
+Hypothesis = Callable[[Probe], Optional[str]]
+
+
+# Padding ---------------------------------------------------------------------------
+
+
+def _same_padding_wrong_side(p: Probe) -> Optional[str]:
+    if p.case.padding != "same" or not p.same_shape:
+        return None
+    top, bottom, left, right = p.pads()
+    if top == bottom and left == right:
+        return None
+
+    def variants() -> Iterator[tuple[str, Transform]]:
+        where = "at the top and left instead of the bottom and right"
+        yield (f"the odd pixel of 'same' padding sits {where}",
+               lambda x, w, b: p.conv(x, w, b, pads=(bottom, top, right, left)))
+        if top != bottom and left != right:
+            yield ("the odd pixel of 'same' padding sits at the top instead of the bottom",
+                   lambda x, w, b: p.conv(x, w, b, pads=(bottom, top, left, right)))
+            yield ("the odd pixel of 'same' padding sits at the left instead of the right",
+                   lambda x, w, b: p.conv(x, w, b, pads=(top, bottom, right, left)))
+
+    return p.first(variants())
+
+
+def _circular_wrong_axis(p: Probe) -> Optional[str]:
+    if p.case.padding_mode != "circular":
+        return None
+    top, bottom, left, right = p.pads()
+
+    def wrap_width_only(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        padded = _pad(_pad(x, (0, 0, left, right), "circular"), (top, bottom, 0, 0), "zeros")
+        return F.conv2d(padded, w, b, p.case.stride, 0, p.case.dilation, p.case.groups)
+
+    def wrap_height_only(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        padded = _pad(_pad(x, (top, bottom, 0, 0), "circular"), (0, 0, left, right), "zeros")
+        return F.conv2d(padded, w, b, p.case.stride, 0, p.case.dilation, p.case.groups)
+
+    variants = []
+    if top or bottom:
+        variants.append(("circular padding wraps only the width; the height is padded with zeros",
+                         wrap_width_only))
+    if left or right:
+        variants.append(("circular padding wraps only the height; the width is padded with zeros",
+                         wrap_height_only))
+    return p.first(iter(variants))
+
+
+def _padding_axis_mixed(p: Probe) -> Optional[str]:
+    top, bottom, left, right = p.pads()
+    if (top, bottom) == (left, right):
+        return None
+    variants = [
+        ("the height's padding is applied to both axes", (top, bottom, top, bottom)),
+        ("the width's padding is applied to both axes", (left, right, left, right)),
+        ("the height's and the width's padding are swapped", (left, right, top, bottom)),
+    ]
+    return p.first((summary, _with_pads(p, pads)) for summary, pads in variants)
+
+
+def _with_pads(p: Probe, pads: Pads) -> Transform:
+    return lambda x, w, b: p.conv(x, w, b, pads=pads)
+
+
+def _padding_one_side(p: Probe) -> Optional[str]:
+    top, bottom, left, right = p.pads()
+    if not any((top, bottom, left, right)):
+        return None
+    variants = [
+        ("padding is applied only at the top and left", (top, 0, left, 0)),
+        ("padding is applied only at the bottom and right", (0, bottom, 0, right)),
+    ]
+    return p.first((summary, _with_pads(p, pads)) for summary, pads in variants if pads != (top, bottom, left, right))
+
+
+def _padding_shifted(p: Probe) -> Optional[str]:
+    pads = p.pads()
+    top, bottom, left, right = pads
+    if not any(pads) or not p.same_shape:
+        return None
+    candidates: list[tuple[str, Pads]] = []
+    for shift_h, shift_w in itertools.product((0, 1, -1), repeat=2):
+        moved = (top + shift_h, bottom - shift_h, left + shift_w, right - shift_w)
+        if (shift_h, shift_w) != (0, 0) and min(moved) >= 0:
+            candidates.append((f"the padding is shifted by one pixel ({_pads_text(moved)} instead of "
+                               f"{_pads_text(pads)})", moved))
+    for moved, side in (((top + bottom, 0, left + right, 0), "top and left"),
+                        ((0, top + bottom, 0, left + right), "bottom and right")):
+        if moved != pads and all(moved != other for _, other in candidates):
+            candidates.append((f"all padding sits at the {side} ({_pads_text(moved)} instead of "
+                               f"{_pads_text(pads)})", moved))
+    return p.first((summary, _with_pads(p, moved)) for summary, moved in candidates)
+
+
+def _pads_text(pads: Pads) -> str:
+    return "top {}, bottom {}, left {}, right {}".format(*pads)
+
+
+# Stride and dilation ---------------------------------------------------------------
+
+
+def _stride_axis_mixed(p: Probe) -> Optional[str]:
+    height, width = p.case.stride
+    if height == width:
+        return None
+    variants = [
+        (f"the height's stride {height} is applied to both axes", (height, height)),
+        (f"the width's stride {width} is applied to both axes", (width, width)),
+        ("the height's and the width's strides are swapped", (width, height)),
+    ]
+    return p.first((summary, _with_stride(p, stride)) for summary, stride in variants)
+
+
+def _with_stride(p: Probe, stride: tuple[int, int]) -> Transform:
+    return lambda x, w, b: p.conv(x, w, b, stride=stride)
+
+
+def _dilation_axis_mixed(p: Probe) -> Optional[str]:
+    height, width = p.case.dilation
+    if height == width:
+        return None
+    variants = [
+        (f"the height's dilation {height} is applied to both axes", (height, height)),
+        (f"the width's dilation {width} is applied to both axes", (width, width)),
+        ("the height's and the width's dilations are swapped", (width, height)),
+    ]
+    return p.first((summary, _with_dilation(p, dilation)) for summary, dilation in variants)
+
+
+def _with_dilation(p: Probe, dilation: tuple[int, int], pads: Optional[Pads] = None) -> Transform:
+    return lambda x, w, b: p.conv(x, w, b, dilation=dilation, pads=pads)
+
+
+def _stride_ignored(p: Probe) -> Optional[str]:
+    height, width = p.case.stride
+    if (height, width) == (1, 1):
+        return None
+    out_h, out_w = p.truth.shape[-2:]
+
+    def cropped(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return p.conv(x, w, b, stride=(1, 1))[..., :out_h, :out_w]
+
+    variants: list[tuple[str, Transform]] = [
+        (f"the stride {p.case.stride} is ignored: the output is computed at stride 1", _with_stride(p, (1, 1))),
+    ]
+    if height > 1 and width > 1:
+        variants.append((f"the height's stride {height} is ignored", _with_stride(p, (1, width))))
+        variants.append((f"the width's stride {width} is ignored", _with_stride(p, (height, 1))))
+    variants.append(("the output is computed at stride 1 and cropped to the strided output's size", cropped))
+    return p.first(iter(variants))
+
+
+def _dilation_ignored(p: Probe) -> Optional[str]:
+    height, width = p.case.dilation
+    if (height, width) == (1, 1):
+        return None
+    pads = p.pads()
+    out_h, out_w = p.truth.shape[-2:]
+
+    def cropped(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return p.conv(x, w, b, dilation=(1, 1), pads=pads)[..., :out_h, :out_w]
+
+    variants: list[tuple[str, Transform]] = [
+        (f"the dilation {p.case.dilation} is ignored: the kernel taps are adjacent", _with_dilation(p, (1, 1))),
+    ]
+    if p.case.padding == "same":
+        variants.append(("the dilation is ignored for the kernel taps but not for the 'same' padding",
+                         _with_dilation(p, (1, 1), pads)))
+    if height > 1 and width > 1:
+        variants.append((f"the height's dilation {height} is ignored", _with_dilation(p, (1, width))))
+        variants.append((f"the width's dilation {width} is ignored", _with_dilation(p, (height, 1))))
+    variants.append(("the kernel taps are read without dilation and the output cropped to the dilated size",
+                     cropped))
+    return p.first(iter(variants))
+
+
+# Kernel and spatial axes -----------------------------------------------------------
+
+
+def _spatial_axes_swapped(p: Probe) -> Optional[str]:
+    if p.output is None or p.truth.shape[-2] * p.truth.shape[-1] < 2:
+        return None
+
+    def read_back(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        result = p.conv(x, w, b)
+        return result.transpose(-2, -1).reshape(result.shape)
+
+    def transposed(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return p.conv(x, w, b).transpose(-2, -1)
+
+    square = p.truth.shape[-2] == p.truth.shape[-1]
+    variants = [("output equals the reference with H and W swapped", transposed if square else read_back)]
+    if not square:
+        variants.append(("output equals the reference with H and W swapped (its shape too)", transposed))
+    return p.first(iter(variants))
+
+
+def _kernel_flipped(p: Probe) -> Optional[str]:
+    variants = [
+        ("the kernel is rotated by 180 degrees: a true convolution instead of a cross-correlation", (-2, -1)),
+        ("the kernel is flipped upside down", (-2,)),
+        ("the kernel is flipped left to right", (-1,)),
+    ]
+    return p.first((summary, _with_flip(p, dims)) for summary, dims in variants)
+
+
+def _with_flip(p: Probe, dims: tuple[int, ...]) -> Transform:
+    return lambda x, w, b: p.conv(x, w.flip(dims), b)
+
+
+# Groups ----------------------------------------------------------------------------
+
+
+def _groups_misassigned(p: Probe) -> Optional[str]:
+    groups = p.case.groups
+    if groups < 2:
+        return None
+
+    def filters_rolled(shift: int) -> Transform:
+        def transform(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+            by_group = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
+            return p.conv(x, by_group.roll(shift, dims=0).reshape(w.shape), b)
+        return transform
+
+    def inputs_rolled(shift: int) -> Transform:
+        def transform(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+            by_group = x.reshape(x.shape[0], groups, x.shape[1] // groups, *x.shape[2:])
+            return p.conv(by_group.roll(shift, dims=1).reshape(x.shape), w, b)
+        return transform
+
+    variants = [
+        ("each group's filters are applied to the next group's input channels", filters_rolled(1)),
+        ("each group's filters are applied to the previous group's input channels", filters_rolled(-1)),
+        ("each group reads the input channels of the previous group", inputs_rolled(1)),
+        ("each group reads the input channels of the next group", inputs_rolled(-1)),
+    ]
+    return p.first(iter(variants))
+
+
+def _groups_ignored(p: Probe) -> Optional[str]:
+    groups = p.case.groups
+    if groups < 2:
+        return None
+
+    def every_channel(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return p.conv(x, w.repeat(1, groups, 1, 1), b, groups=1)
+
+    summary = f"groups={groups} is ignored: every filter sums over all input channels"
+    return p.first(iter([(summary, every_channel)]), reduction_length=p.case.reduction_length * groups)
+
+
+# Bias ------------------------------------------------------------------------------
+
+
+def _bias_wrong_axis(p: Probe) -> Optional[str]:
+    if p.b is None:
+        return None
+
+    def along(axis: int) -> Transform:
+        def transform(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+            assert b is not None
+            result = p.conv(x, w, None)
+            index = torch.arange(result.shape[axis]) % b.shape[0]
+            shape = [1, 1, 1, 1]
+            shape[axis] = -1
+            return result + b[index].reshape(shape)
+        return transform
+
+    variants = [
+        ("the bias is indexed by output column (modulo out_channels) instead of by output channel", along(3)),
+        ("the bias is indexed by output row (modulo out_channels) instead of by output channel", along(2)),
+    ]
+    return p.first(iter(variants))
+
+
+def _bias_doubled(p: Probe) -> Optional[str]:
+    if p.b is None:
+        return None
+    return p.first(iter([("the bias is added twice", lambda x, w, b: p.conv(x, w, None if b is None else 2 * b))]))
+
+
+def _bias_missing(p: Probe) -> Optional[str]:
+    if p.b is None:
+        return None
+    return p.first(iter([("the bias is not added", lambda x, w, b: p.conv(x, w, None))]))
+
+
+# Output channels and batch ---------------------------------------------------------------
+
+
+def _output_channels_permuted(p: Probe) -> Optional[str]:
+    permutation = _permutation(p, 1)
+    if permutation is None:
+        return None
+    moved = [f"{j} holds {k}" for j, k in enumerate(permutation) if j != k]
+    shown = ", ".join(moved[:4]) + (", ..." if len(moved) > 4 else "")
+    return f"the output channels are permuted (channel {shown} of the reference)"
+
+
+def _batch_permuted(p: Probe) -> Optional[str]:
+    if p.case.unbatched:
+        return None
+    permutation = _permutation(p, 0)
+    if permutation is None:
+        return None
+    moved = [f"{j} holds {k}" for j, k in enumerate(permutation) if j != k]
+    shown = ", ".join(moved[:4]) + (", ..." if len(moved) > 4 else "")
+    return f"the batch items are permuted (item {shown} of the reference)"
+
+
+def _permutation(p: Probe, axis: int) -> Optional[list[int]]:
+    """Return how the output's slices along ``axis`` permute the truth's, or None where they do not."""
+    if not p.same_shape:
+        return None
+    assert p.output is not None
+    size = p.truth.shape[axis]
+    if size < 2 or size > MAX_PERMUTED:
+        return None
+    fits = []
+    for j in range(size):
+        actual = p.output.select(axis, j)
+        fits.append([k for k in range(size)
+                     if compare_values(actual, p.truth.select(axis, k),
+                                       dataclasses.replace(p.bound, values=p.bound.values.select(axis, k))).passed])
+    permutation = _perfect_matching(fits)
+    if permutation is None or permutation == list(range(size)):
+        return None
+    permuted = p.truth.index_select(axis, torch.tensor(permutation))
+    if compare_values(permuted, p.truth, p.bound).passed:
+        return None
+    return permutation
+
+
+def _perfect_matching(fits: list[list[int]]) -> Optional[list[int]]:
+    """Return a permutation with permutation[j] in fits[j] for every j, or None (augmenting paths)."""
+    owner: dict[int, int] = {}
+
+    def assign(j: int, seen: set[int]) -> bool:
+        for k in fits[j]:
+            if k in seen:
+                continue
+            seen.add(k)
+            if k not in owner or assign(owner[k], seen):
+                owner[k] = j
+                return True
+        return False
+
+    for j in range(len(fits)):
+        if not assign(j, set()):
+            return None
+    permutation = [0] * len(fits)
+    for k, j in owner.items():
+        permutation[j] = k
+    return permutation
+
+
+def _output_shape_off_by_one(p: Probe) -> Optional[str]:
+    if p.output is None or p.same_shape or p.output.shape[:2] != p.truth.shape[:2]:
+        return None
+    differences = [p.output.shape[axis] - p.truth.shape[axis] for axis in (2, 3)]
+    if any(abs(d) > 1 for d in differences) or not any(differences):
+        return None
+    rows = min(p.output.shape[2], p.truth.shape[2])
+    columns = min(p.output.shape[3], p.truth.shape[3])
+    for anchor in ("start", "end"):
+        actual = _corner(p.output, rows, columns, anchor)
+        expected = _corner(p.truth, rows, columns, anchor)
+        bound = dataclasses.replace(p.bound, values=_corner(p.bound.values, rows, columns, anchor))
+        if bool(expected.ne(0).any()) and compare_values(actual, expected, bound).passed:
+            return (f"the output is {tuple(p.output.shape[2:])} instead of {tuple(p.truth.shape[2:])} "
+                    f"({_size_change(differences)}) and the overlapping values agree")
+    return None
+
+
+def _corner(tensor: torch.Tensor, rows: int, columns: int, anchor: str) -> torch.Tensor:
+    if anchor == "start":
+        return tensor[..., :rows, :columns]
+    return tensor[..., tensor.shape[-2] - rows:, tensor.shape[-1] - columns:]
+
+
+def _size_change(differences: list[int]) -> str:
+    parts = []
+    for difference, unit in zip(differences, ("row", "column")):
+        if difference:
+            parts.append(f"one {unit} {'more' if difference > 0 else 'fewer'}")
+    return " and ".join(parts)
+
+
+# Calling the implementation again ------------------------------------------------------------
+
+
+def _layout_dependent(p: Probe) -> Optional[str]:
+    case = p.case
+    if p.implementation is None or (case.input_layout, case.weight_layout) == ("contiguous", "contiguous"):
+        return None
+    plain = case.replace(input_layout="contiguous", weight_layout="contiguous")
+    literal = literal_inputs(p.context.inputs)
+    outcome = evaluate(p.implementation, plain, CaseContext(plain, literal=literal), caller=p.caller)
+    if not outcome.passed:
+        return None
+    layouts = [f"{name} {layout}" for name, layout in (("input", case.input_layout), ("weight", case.weight_layout))
+               if layout != "contiguous"]
+    return (f"the result depends on memory layout: correct on contiguous copies of the same values, "
+            f"wrong with {' and '.join(layouts)}")
+
+
+def _batch_mixed(p: Probe) -> Optional[str]:
+    case = p.case
+    if p.implementation is None or case.unbatched or case.batch < 2:
+        return None
+    single = case.replace(batch=1)
+    inputs = p.context.inputs64
+    for item in range(case.batch):
+        literal = literal_inputs(Inputs(inputs.input[item:item + 1], inputs.weight, inputs.bias))
+        outcome = evaluate(p.implementation, single, CaseContext(single, literal=literal), caller=p.caller)
+        if not outcome.passed:
+            return None
+    return ("each batch item alone is computed correctly, but not in a batch of "
+            f"{case.batch}: one item's result depends on the others")
+
+
+# Precision ---------------------------------------------------------------------------------------------
+
+
+def _low_precision_accumulation(p: Probe) -> Optional[str]:
+    comparison = p.outcome.comparison
+    if not p.same_shape or comparison is None or comparison.special_mismatches or comparison.mismatch_mask is None:
+        return None
+    assert p.output is not None
+    mismatched = int(comparison.mismatch_mask.sum())
+    right = p.bound.accumulation_dtype or ACCUMULATION_DTYPE[p.case.dtype]
+    for narrower in NARROWER_ACCUMULATION:
+        if SIGNIFICAND_BITS[narrower] >= SIGNIFICAND_BITS[right]:
+            continue
+        bound = elementwise_bound(p.magnitude, p.truth, p.case.dtype, p.case.reduction_length, p.bound.factor,
+                                  accumulation_dtype=narrower)
+        rounds = p.magnitude > 0
+        if p.bound.model == "exact":
+            # Integer sums whose terms add up to at most 2**p stay exact in a
+            # format with p significand bits, so a narrower accumulator cannot
+            # err there. Past 2**(p + 1) the spacing of the format is 4 or
+            # more, and nearly every integer sum is rounded.
+            exact_range = 2.0 ** SIGNIFICAND_BITS[narrower]
+            bound = dataclasses.replace(bound, values=torch.where(p.magnitude > exact_range, bound.values,
+                                                                  torch.zeros_like(bound.values)))
+            rounds = p.magnitude > 2 * exact_range
+        # Rounding in a narrow accumulator touches most of the sums it rounds.
+        # A few wrong elements among many right ones point to another mistake
+        # that merely fits the loose worst-case bound.
+        if mismatched < ROUNDING_SHARE * int(rounds.sum()):
+            continue
+        if compare_values(p.output, p.truth, bound).passed:
+            return (f"the error fits the bound for {narrower} accumulation (u={bound.unit_roundoff:.3g}) "
+                    f"but not for {right}")
+    return None
+
+
+# The catalogue, most specific first: when several hypotheses hold, the first
+# one names the diagnosis. A hypothesis tied to one option (same padding,
+# circular mode, one axis) comes before a broader one that the same output may
+# also satisfy (stride ignored, shape off by one, lower precision).
+CATALOGUE: tuple[tuple[str, Hypothesis], ...] = (
+    ("same_padding_wrong_side", _same_padding_wrong_side),
+    ("circular_wrong_axis", _circular_wrong_axis),
+    ("padding_axis_mixed", _padding_axis_mixed),
+    ("stride_axis_mixed", _stride_axis_mixed),
+    ("dilation_axis_mixed", _dilation_axis_mixed),
+    ("padding_one_side", _padding_one_side),
+    ("padding_shifted", _padding_shifted),
+    ("spatial_axes_swapped", _spatial_axes_swapped),
+    ("kernel_flipped", _kernel_flipped),
+    ("groups_misassigned", _groups_misassigned),
+    ("groups_ignored", _groups_ignored),
+    ("bias_wrong_axis", _bias_wrong_axis),
+    ("bias_doubled", _bias_doubled),
+    ("bias_missing", _bias_missing),
+    ("stride_ignored", _stride_ignored),
+    ("dilation_ignored", _dilation_ignored),
+    ("output_channels_permuted", _output_channels_permuted),
+    ("batch_permuted", _batch_permuted),
+    ("output_shape_off_by_one", _output_shape_off_by_one),
+    ("layout_dependent", _layout_dependent),
+    ("batch_mixed", _batch_mixed),
+    ("low_precision_accumulation", _low_precision_accumulation),
+)
