@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
+from typing import Iterator
 
 __all__ = ["write_atomic"]
 
@@ -12,8 +16,16 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
 
     A reader, or a run killed half-way, sees either no file or the whole file:
-    os.replace is atomic on POSIX and Windows within one file system.
+    os.replace is atomic on POSIX and Windows within one file system. Ctrl-C
+    or SIGTERM during the write takes effect once it is over, so an
+    interrupted run leaves no temporary file either; SIGKILL can leave one,
+    named ``.tmp-*``, which readers skip.
     """
+    with _interrupts_deferred():
+        _write(path, text, mode)
+
+
+def _write(path: str, text: str, mode: int) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     try:
@@ -29,3 +41,31 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+_DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver the first one received.
+
+    Python runs signal handlers in the main thread only, and only there can
+    they be replaced. In other threads the block runs without deferring.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, record) for signum in _DEFERRED_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(received[0])

@@ -12,6 +12,7 @@ __all__ = [
     "UsageError",
     "ReportError",
     "UnsupportedCaseError",
+    "MemoryBudgetError",
 ]
 
 
@@ -63,3 +64,34 @@ class UnsupportedCaseError(DifftestError):
 
     def __str__(self) -> str:
         return f"implementation {self.implementation!r} does not support this case: {self.reason}"
+
+
+class MemoryBudgetError(DifftestError):
+    """A case would need more memory than the budget allows for its inputs, float64 truth and bound.
+
+    ``needed`` is an estimate in bytes (see difftest._memory), ``budget`` the
+    limit in bytes. The case is refused before any of its tensors is built.
+    """
+
+    def __init__(self, case: str, needed: int, budget: int) -> None:
+        self.case = case
+        self.needed = needed
+        self.budget = budget
+        super().__init__(case, needed, budget)
+
+    def __str__(self) -> str:
+        return (f"case {self.case} needs an estimated {_byte_count(self.needed)} for its inputs, float64 truth and "
+                f"bound, more than the memory budget of {_byte_count(self.budget)}. "
+                "lower --max-elements or raise --memory-budget")
+
+
+def _byte_count(count: int) -> str:
+    """Return a byte count with a binary unit and three significant digits, such as '1.5 GiB'."""
+    if count < 1024:
+        return f"{count} bytes"
+    value = count / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1000:
+            return f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value:.3g} GiB" if value < 1000 else f"{value:.0f} GiB"

@@ -67,6 +67,7 @@ VERDICTS = (
     "shape_mismatch",
     "dtype_mismatch",
     "exception",
+    "not_implemented",
     "crash",
     "timeout",
     "mutates_input",
