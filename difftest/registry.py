@@ -20,6 +20,7 @@ False
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -166,10 +167,15 @@ class Implementation:
     expected_to_fail: bool = False
     description: str = ""
 
+    @functools.cached_property
+    def _positional_arguments(self) -> int:
+        # inspect.signature takes tens of microseconds: pay it once, not on every call.
+        return _positional_count(self.function)
+
     def call(self, input: Any, weight: Any, bias: Any, case: ConvCase) -> Any:
         """Call the implementation on ``case`` with conv2d's calling convention."""
         arguments = (input, weight, bias, case.stride, case.padding_argument, case.dilation, case.groups)
-        count = _positional_count(self.function)
+        count = self._positional_arguments
         keywords: dict[str, Any] = {}
         if case.padding_mode != "zeros":
             keywords["padding_mode"] = case.padding_mode
@@ -191,15 +197,31 @@ def _positional_count(function: Callable[..., Any]) -> int:
     return min(count, len(CONV2D_PARAMETERS))
 
 
-def _infer_supports(name: str, function: Callable[..., Any], declared: dict[str, Any]) -> Supports:
-    """Build Supports from the declaration, narrowed by the parameters ``function`` takes."""
+def _signature_problem(function: Any) -> tuple[str, str] | None:
+    """Return why ``function`` cannot be called as a conv2d implementation and the fix, or None when it can."""
+    name_a_function = "name a function with the calling convention of torch.nn.functional.conv2d"
+    if inspect.isclass(function):
+        return "is a class, not a function", name_a_function
     if not callable(function):
-        raise UsageError("function", function, "is not callable",
-                         "pass a function with the calling convention of torch.nn.functional.conv2d")
+        kind = type(function).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        return f"is {article} {kind}, not a function", name_a_function
     count = _positional_count(function)
     if count < 2:
-        raise UsageError(name, function, "takes fewer than 2 positional arguments",
-                         "an implementation takes at least (input, weight)")
+        plural = "" if count == 1 else "s"
+        return (f"takes {count} positional argument{plural}, but an implementation takes at least 2 (input, weight)",
+                "give it the signature of torch.nn.functional.conv2d: "
+                "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)")
+    return None
+
+
+def _infer_supports(name: str, function: Callable[..., Any], declared: dict[str, Any]) -> Supports:
+    """Build Supports from the declaration, narrowed by the parameters ``function`` takes."""
+    problem = _signature_problem(function)
+    if problem is not None:
+        described = f"{getattr(function, '__module__', '')}:{getattr(function, '__qualname__', '')}"
+        raise UsageError("function", described if described != ":" else repr(function), *problem)
+    count = _positional_count(function)
     present = set(CONV2D_PARAMETERS[:count])
     inferred: dict[str, Any] = {}
     for option in ("bias", "stride", "dilation", "groups"):
@@ -309,9 +331,9 @@ def import_target(spec: str) -> Callable[..., Any]:
             raise UsageError("--impl", spec, f"{module_name} has no attribute {part!r}",
                              "check the function name after the colon")
         function = getattr(function, part)
-    if not callable(function):
-        raise UsageError("--impl", spec, f"{attribute} is a {type(function).__name__}, not a function",
-                         "name a function with the calling convention of torch.nn.functional.conv2d")
+    problem = _signature_problem(function)
+    if problem is not None:
+        raise UsageError("--impl", spec, f"{attribute} {problem[0]}", problem[1])
     return function
 
 
