@@ -11,7 +11,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any, Optional, Sequence
 
 from difftest.case import DTYPES
@@ -66,6 +68,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of MiB") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of MiB above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difftest", description="Differential testing of conv2d implementations against torch.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug output)")
@@ -88,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only generate this device: cpu, cuda or mps (repeatable)")
     fuzz.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                       help=f"time limit per call of an isolated implementation (default {DEFAULT_TIMEOUT:g})")
+    fuzz.add_argument("--max-elements", type=_positive_int, default=None, metavar="N",
+                      help="generate no case whose input, weight or output has more than N elements "
+                           "(default: no bound beyond the strategy's size limits)")
+    fuzz.add_argument("--memory-budget", type=_megabytes, default=None, metavar="MB",
+                      help="MiB a case may use: cases whose inputs, float64 truth and bound are estimated to need "
+                           "more are skipped, and an isolated call may grow its worker's address space by at most "
+                           "this much (default: half the physical memory)")
     isolation = fuzz.add_mutually_exclusive_group()
     isolation.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                            help="run every implementation in a worker process")
@@ -95,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run every implementation in this process")
     fuzz.add_argument("--check-determinism", action="store_true",
                       help="run each case twice and report answers that differ by more than the bound")
+    fuzz.add_argument("--no-invalid", dest="check_invalid", action="store_false",
+                      help="skip the search of invalid calls (by default each implementation must raise where "
+                           "torch's conv2d raises, and must not raise where torch returns a result)")
     fuzz.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
     fuzz.add_argument("--profile", default=None, metavar="NAME",
                       help=f"Hypothesis settings profile: difftest-dev, difftest-ci (derandomized, repeatable), "
@@ -131,8 +153,9 @@ def _implementations(specs: list[str], isolate: Optional[bool]) -> list[Any]:
 
 def _fuzz(arguments: argparse.Namespace) -> int:
     from difftest.campaign import render_replays, replay_open_reports, write_summary
+    from difftest._memory import default_memory_budget
     from difftest.fuzz import FuzzOptions, fuzz
-    from difftest.profiles import max_examples_of
+    from difftest.profiles import example_database, max_examples_of
     from difftest.progress import ProgressReporter
     from difftest.reports import ensure_report_dir
     from difftest.summary import render_table, results_json
@@ -153,6 +176,12 @@ def _fuzz(arguments: argparse.Namespace) -> int:
         strategy["dtypes"] = arguments.dtype
     if arguments.device:
         strategy["devices"] = arguments.device
+    if arguments.max_elements is not None:
+        strategy["max_elements"] = arguments.max_elements
+    if arguments.memory_budget is not None:
+        memory_budget: Optional[int] = int(arguments.memory_budget * 2**20)
+    else:
+        memory_budget = default_memory_budget()
     profile = arguments.profile or DEFAULT_PROFILE
     max_examples = max_examples_of(profile, arguments.max_examples)
     progress = ProgressReporter(sys.stderr, implementations=len(implementations), max_examples=max_examples,
@@ -161,9 +190,12 @@ def _fuzz(arguments: argparse.Namespace) -> int:
         max_examples=max_examples,
         seed=arguments.seed,
         report_dir=arguments.report_dir,
+        database=example_database(profile, os.getcwd()),
         profile=profile,
         check_determinism=arguments.check_determinism,
+        check_invalid=arguments.check_invalid,
         timeout=arguments.timeout,
+        memory_budget=memory_budget,
         strategy=strategy,
         on_example=progress.on_example,
     )
@@ -193,7 +225,8 @@ def _summary(arguments: argparse.Namespace) -> int:
     from difftest.campaign import write_summary
 
     if not os.path.isdir(arguments.report_dir):
-        raise UsageError("DIR", arguments.report_dir, "is not a folder", "pass the report folder of a campaign")
+        reason = "is not a folder" if os.path.exists(arguments.report_dir) else "not found"
+        raise UsageError("DIR", arguments.report_dir, reason, "pass the report folder of a campaign")
     print(write_summary(arguments.report_dir))
     return EXIT_OK
 
@@ -250,6 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(arguments.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"fuzz": _fuzz, "list": _list, "replay": _replay, "summary": _summary}
+    previous = _interrupt_on_sigterm()
     try:
         return handlers[arguments.command](arguments)
     except DifftestError as error:
@@ -258,6 +292,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("difftest: interrupted; reports written so far are complete", file=sys.stderr)
         return 130
+    finally:
+        _stop_workers()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Make SIGTERM (a CI timeout, ``kill``) stop the run as Ctrl-C does, so cleanup runs; return the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _stop_workers() -> None:
+    # Isolation workers would otherwise live until the interpreter exits.
+    if "difftest.isolation" in sys.modules:
+        sys.modules["difftest.isolation"].close_all()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,15 @@ import torch
 from difftest.case import ConvCase
 from difftest.tolerance import Bound
 
-__all__ = ["Comparison", "Position", "compare_values", "check_metadata", "error_statistics", "oracle_weakness"]
+__all__ = [
+    "Comparison",
+    "Position",
+    "compare_values",
+    "check_metadata",
+    "count_special_mismatches",
+    "error_statistics",
+    "oracle_weakness",
+]
 
 # How many mismatched positions a comparison keeps, with actual and expected.
 SHOWN_POSITIONS = 5
@@ -107,11 +115,12 @@ def compare_values(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> C
     finite and within the bound.
     """
     actual64 = actual.detach().to("cpu", torch.float64)
-    truth_nan, actual_nan = torch.isnan(truth), torch.isnan(actual64)
-    truth_inf, actual_inf = torch.isinf(truth), torch.isinf(actual64)
-    finite = ~(truth_nan | truth_inf)
+    if torch.equal(actual64, truth):
+        return _agreement(actual64, truth, bound)
+    actual_nan, actual_inf = torch.isnan(actual64), torch.isinf(actual64)
+    finite = torch.isfinite(truth)
 
-    special_wrong = (truth_nan != actual_nan) | (truth_inf & (actual64 != truth)) | (finite & actual_inf)
+    special_wrong = _special_wrong(actual64, truth)
     error = torch.where(finite & ~actual_nan & ~actual_inf, (actual64 - truth).abs(), torch.zeros_like(truth))
     limit = torch.nan_to_num(bound.values, nan=math.inf, posinf=math.inf)
     value_wrong = finite & ~special_wrong & (error > limit)
@@ -126,11 +135,19 @@ def compare_values(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> C
 
     if total == 0:
         return Comparison(True, 0, 0, error_norm=0.0)
-    # Sort by error, then (stably) by excess over the bound, so that among
-    # elements equally far past their bound the largest error comes first.
-    by_error = torch.argsort(error.reshape(-1), descending=True, stable=True)
-    order = by_error[torch.argsort(excess.reshape(-1)[by_error], descending=True, stable=True)]
-    shown = [int(i) for i in order[: min(SHOWN_POSITIONS, max(mismatched, 1))]]
+    if mismatched == 0:
+        # Only the first element of the ranking below is kept: the greatest
+        # excess, then the greatest error, then the lowest index (argmax
+        # returns the first maximum), found without sorting.
+        flat_excess = excess.reshape(-1)
+        tied = flat_excess == flat_excess.max()
+        shown = [int(torch.argmax(torch.where(tied, error.reshape(-1), -1.0)))]
+    else:
+        # Sort by error, then (stably) by excess over the bound, so that among
+        # elements equally far past their bound the largest error comes first.
+        by_error = torch.argsort(error.reshape(-1), descending=True, stable=True)
+        order = by_error[torch.argsort(excess.reshape(-1)[by_error], descending=True, stable=True)]
+        shown = [int(i) for i in order[: min(SHOWN_POSITIONS, mismatched)]]
     positions = tuple(_position(i, actual64, truth, error, limit, special_wrong) for i in shown)
     greatest = positions[0]
     detail = ""
@@ -150,6 +167,40 @@ def compare_values(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> C
     )
 
 
+def _agreement(actual64: torch.Tensor, truth: torch.Tensor, bound: Bound) -> Comparison:
+    """Return what the full comparison returns for an output equal to the truth, in a few tensor operations.
+
+    Every error and every excess over the bound is 0 there, so the first
+    element is the one the full ranking puts first. torch.equal is False
+    wherever a NaN occurs, so NaN outputs always take the full comparison.
+    """
+    total = truth.numel()
+    if total == 0:
+        return Comparison(True, 0, 0, error_norm=0.0)
+    limit = float(torch.nan_to_num(bound.values.reshape(-1)[0], nan=math.inf, posinf=math.inf))
+    first = Position(_index(0, truth.shape), float(actual64.reshape(-1)[0]), float(truth.reshape(-1)[0]), 0.0, limit)
+    return Comparison(passed=True, mismatched=0, total=total, greatest=first, error_norm=0.0,
+                      mismatch_mask=torch.zeros_like(truth, dtype=torch.bool))
+
+
+def _special_wrong(actual64: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Return where NaN or infinity disagrees: NaN exactly where the truth has NaN, the same infinity where it has one."""
+    truth_nan, actual_nan = torch.isnan(truth), torch.isnan(actual64)
+    truth_inf, actual_inf = torch.isinf(truth), torch.isinf(actual64)
+    finite = ~(truth_nan | truth_inf)
+    return (truth_nan != actual_nan) | (truth_inf & (actual64 != truth)) | (finite & actual_inf)
+
+
+def count_special_mismatches(actual: torch.Tensor, truth: torch.Tensor) -> int:
+    """Return how many elements break the NaN and infinity rule of :func:`compare_values`."""
+    if tuple(actual.shape) != tuple(truth.shape):
+        return 0
+    actual64 = actual.detach().to("cpu", torch.float64)
+    if torch.equal(actual64, truth):
+        return 0
+    return int(_special_wrong(actual64, truth).sum())
+
+
 def _position(flat: int, actual: torch.Tensor, truth: torch.Tensor, error: torch.Tensor, limit: torch.Tensor,
               special_wrong: torch.Tensor) -> Position:
     a = float(actual.reshape(-1)[flat])
@@ -161,6 +212,8 @@ def _position(flat: int, actual: torch.Tensor, truth: torch.Tensor, error: torch
 def error_statistics(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> dict[str, float]:
     """Return the greatest error, the greatest error relative to the bound and the error norm."""
     actual64 = actual.detach().to("cpu", torch.float64)
+    if torch.equal(actual64, truth):
+        return {"max_error": 0.0, "max_error_over_bound": 0.0, "error_norm": 0.0}
     finite = torch.isfinite(truth) & torch.isfinite(actual64)
     error = torch.where(finite, (actual64 - truth).abs(), torch.zeros_like(truth))
     limit = torch.nan_to_num(bound.values, nan=math.inf, posinf=math.inf)
@@ -174,15 +227,21 @@ def error_statistics(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) ->
 
 def oracle_weakness(truth: torch.Tensor, bound: Bound) -> Optional[str]:
     """Return why this case is a weak oracle, or None when it can catch plausible mistakes."""
-    finite = truth[torch.isfinite(truth)]
+    # This runs on every example, and boolean indexing costs more than the rest
+    # together, so it is skipped where it would keep every element.
+    mask = torch.isfinite(truth)
+    everything = bool(mask.all())
+    finite = truth.reshape(-1) if everything else truth[mask]
+    limits = bound.values.reshape(-1) if everything else bound.values[mask]
     if finite.numel() == 0:
         return "no finite output element to compare"
     nonzero = finite != 0
     share = float(nonzero.float().mean())
     if share < WEAK_NONZERO_SHARE:
         return f"only {share:.0%} of the expected output is nonzero"
-    typical = float(finite.abs()[nonzero].median())
-    limits = bound.values[torch.isfinite(truth)][nonzero]
+    if share < 1:
+        finite, limits = finite[nonzero], limits[nonzero]
+    typical = float(finite.abs().median())
     if limits.numel() and float(limits.median()) > WEAK_BOUND_SHARE * typical:
         return f"the bound ({float(limits.median()):.3g}) is above half the typical |output| ({typical:.3g})"
     return None

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 import hypothesis
+import torch
 from hypothesis import HealthCheck, given
 from hypothesis.database import ExampleDatabase
-from hypothesis.errors import Flaky
+from hypothesis.errors import FailedHealthCheck, Flaky, Unsatisfiable
 
+from difftest._contract import tensor_bits
 from difftest.case import ConvCase
+from difftest.errors import MemoryBudgetError
 from difftest.registry import Implementation
 from difftest.reports import report_dict, write_report
 from difftest.runner import CaseContext, Outcome, caller_for, evaluate
@@ -66,8 +69,20 @@ class FuzzOptions:
     ``max_examples`` is per implementation. ``seed`` fixes Hypothesis's
     random choices, so the same options give the same run. ``database`` is
     the Hypothesis example database (a cache that speeds up finding a known
-    failure again, never the record: reports are). ``strategy`` holds keyword
-    arguments for :func:`strategies.conv_cases`.
+    failure again, never the record: reports are). ``profile`` names a
+    Hypothesis settings profile (see difftest.profiles) whose derandomize,
+    print_blob and database apply; ``max_examples`` and an explicit
+    ``database`` still take precedence. ``strategy`` holds keyword
+    arguments for :func:`strategies.conv_cases`. ``timeout`` (seconds per
+    call) applies to isolated implementations. ``memory_budget`` (bytes)
+    skips cases whose inputs, truth and bound are estimated to need more, and
+    limits how much an isolated call may add to its worker's address space.
+    With ``check_determinism`` each case runs twice, and a shrunk failure is
+    run again a few times: an answer that changes is 'nondeterministic'.
+    ``max_shrink_timeouts`` bounds how many calls may time out while a
+    failure is shrunk, each costing a full ``timeout``; past it the shrinker
+    tries no new case and the smallest failure so far is reported (None: no
+    bound beyond Hypothesis's own five minutes of shrinking).
     """
 
     max_examples: int = 100
@@ -77,10 +92,18 @@ class FuzzOptions:
     profile: Optional[str] = None
     check_determinism: bool = False
     timeout: Optional[float] = None
+    memory_budget: Optional[int] = None
+    max_shrink_timeouts: Optional[int] = 8
     strategy: dict[str, Any] = field(default_factory=dict)
     write_reports: bool = True
     on_example: Optional[Callable[[Outcome], None]] = None
     finish: Optional[Callable[[Outcome, Implementation, CaseContext], dict[str, Any]]] = None
+    # Reduce, diagnose and draw each failure before its report is written (difftest.analysis).
+    analyse: bool = True
+    # Also search invalid calls (strategies.invalid_conv_calls): where torch raises, the
+    # implementation must raise. invalid_examples defaults to half of max_examples, at least 20.
+    check_invalid: bool = True
+    invalid_examples: Optional[int] = None
 
 
 @dataclass
@@ -97,6 +120,11 @@ class ImplementationResult:
     expected_to_fail: bool = False
     note: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)
+    # The invalid-call search: calls tried and its shrunk failure, with its own report.
+    invalid_examples: int = 0
+    invalid_outcome: Optional[Outcome] = None
+    invalid_report: Optional[str] = None
+    invalid_script: Optional[str] = None
 
     @property
     def failed(self) -> bool:
@@ -108,18 +136,30 @@ class ImplementationResult:
 
 
 def _hypothesis_settings(options: FuzzOptions, implementation: Implementation) -> hypothesis.settings:
-    parent = hypothesis.settings.get_profile(options.profile) if options.profile else hypothesis.settings()
+    # A named profile decides derandomize, print_blob and the database. Without
+    # one they are fixed here, so that the loaded Hypothesis profile (which is
+    # 'ci' on a CI machine) does not change how a campaign searches.
+    if options.profile:
+        from difftest.profiles import get_profile
+
+        parent = get_profile(options.profile)
+        derandomize, print_blob = parent.derandomize, parent.print_blob
+        inner = options.database if options.database is not None else parent.database
+    else:
+        parent = hypothesis.settings()
+        derandomize, print_blob, inner = False, False, options.database
     database = None
-    if options.database is not None:
-        database = _NamespacedDatabase(options.database, implementation.target or implementation.name)
+    # Hypothesis rejects a database together with derandomize=True.
+    if inner is not None and not derandomize:
+        database = _NamespacedDatabase(inner, implementation.target or implementation.name)
     return hypothesis.settings(
         parent,
         max_examples=options.max_examples,
         database=database,
         deadline=None,
-        derandomize=False,
+        derandomize=derandomize,
         report_multiple_bugs=False,
-        print_blob=False,
+        print_blob=print_blob,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
@@ -130,15 +170,33 @@ def fuzz_implementation(implementation: Implementation, options: FuzzOptions) ->
 
     result = ImplementationResult(implementation.name, expected_to_fail=implementation.expected_to_fail)
     strategy = conv_cases(supports=implementation.supports, **options.strategy)
-    caller = caller_for(implementation, options.timeout)
+    caller = caller_for(implementation, options.timeout, options.memory_budget)
     last_failure: list[Outcome] = []
+    over_budget: list[MemoryBudgetError] = []
+    failed_cases: set[ConvCase] = set()
+    shrink_timeouts = [0]
 
     def check(case: ConvCase) -> None:
+        if (failed_cases and case not in failed_cases and options.max_shrink_timeouts is not None
+                and shrink_timeouts[0] >= options.max_shrink_timeouts):
+            # Out of shrinking time: only cases that failed before (such as
+            # the one Hypothesis finally replays) run again.
+            hypothesis.reject()
+        try:
+            outcome = evaluate(implementation, case, check_determinism=options.check_determinism, caller=caller,
+                               memory_budget=options.memory_budget)
+        except MemoryBudgetError as error:
+            if not over_budget:
+                logger.warning("%s: skipping cases over the memory budget, first: %s", implementation.name, error)
+            over_budget.append(error)
+            hypothesis.reject()
         result.examples += 1
-        outcome = evaluate(implementation, case, check_determinism=options.check_determinism, caller=caller)
         if options.on_example is not None:
             options.on_example(outcome)
         if not outcome.passed:
+            if failed_cases and outcome.verdict == "timeout":
+                shrink_timeouts[0] += 1
+            failed_cases.add(case)
             last_failure[:] = [outcome]
             raise ImplementationFailure(outcome)
 
@@ -151,31 +209,154 @@ def fuzz_implementation(implementation: Implementation, options: FuzzOptions) ->
     try:
         test()
     except ImplementationFailure as failure:
-        result.outcome = failure.outcome
-    except Flaky:
-        # The same case passed once and failed once: the implementation answers differently on repeated calls.
-        if last_failure:
-            outcome = last_failure[0]
-            outcome.detail = f"failed once and passed once on the same case ({outcome.verdict}: {outcome.detail})"
-            outcome.verdict = "nondeterministic"
-            result.outcome = outcome
+        result.outcome = _confirm(implementation, failure.outcome, options, caller)
+    except Flaky as flaky:
+        # The same case failed once and passed on a later call, so the
+        # implementation returns different results on repeated calls. In
+        # Hypothesis 6.170 this is a FlakyFailure, an ExceptionGroup containing
+        # the failure.
+        outcome = _flaky_outcome(flaky, last_failure)
+        if outcome is None:
+            raise
+        result.outcome = outcome
+    except (Unsatisfiable, FailedHealthCheck):
+        if not over_budget:
+            raise
+        raise over_budget[0] from None
     finally:
         result.seconds = time.perf_counter() - started
+        close = getattr(caller, "close", None)
+        if close is not None:
+            close()
+    if over_budget:
+        skipped = f"{len(over_budget)} cases over the memory budget skipped"
+        result.note = f"{result.note}; {skipped}" if result.note else skipped
 
     if result.outcome is not None:
         result.verdict = result.outcome.verdict
         if options.write_reports:
             _write(result, implementation, options)
+    if options.check_invalid:
+        _search_invalid_calls(implementation, options, result)
     return result
+
+
+def _search_invalid_calls(implementation: Implementation, options: FuzzOptions, result: ImplementationResult) -> None:
+    """Search invalid calls for one on which the implementation and torch disagree about raising; report it.
+
+    A failure here becomes the result's outcome only when the value search
+    passed, so a value failure stays the headline; its report is written
+    either way.
+    """
+    from difftest.invalid import InvalidCall, evaluate_invalid
+    from strategies import invalid_conv_calls
+
+    narrowing = {key: value for key, value in options.strategy.items() if key in ("dtypes", "devices")}
+    strategy = invalid_conv_calls(supports=implementation.supports, **narrowing)
+    caller = caller_for(implementation, options.timeout, options.memory_budget)
+
+    def check(call: InvalidCall) -> None:
+        result.invalid_examples += 1
+        outcome = evaluate_invalid(implementation, call, caller=caller)
+        if not outcome.passed:
+            raise ImplementationFailure(outcome)
+
+    examples = options.invalid_examples or max(20, options.max_examples // 2)
+    settings = hypothesis.settings(_hypothesis_settings(options, implementation), max_examples=examples)
+    test = settings(given(strategy)(check))
+    if options.seed is not None:
+        test = hypothesis.seed(options.seed)(test)
+
+    started = time.perf_counter()
+    try:
+        test()
+    except ImplementationFailure as failure:
+        result.invalid_outcome = failure.outcome
+    finally:
+        result.seconds += time.perf_counter() - started
+        close = getattr(caller, "close", None)
+        if close is not None:
+            close()
+
+    outcome = result.invalid_outcome
+    if outcome is None:
+        return
+    if options.write_reports:
+        data = report_dict(outcome, implementation)
+        data["examples"] = result.invalid_examples
+        result.invalid_report, result.invalid_script = write_report(options.report_dir, data)
+        logger.info("%s: %s on an invalid call, report %s", implementation.name, outcome.verdict,
+                    result.invalid_report)
+    if result.outcome is None:
+        result.outcome = outcome
+        result.verdict = outcome.verdict
+        result.report, result.script = result.invalid_report, result.invalid_script
+
+
+# Extra runs of a shrunk failure with check_determinism, to tell a wrong
+# result from one that changes between calls.
+_CONFIRM_RUNS = 3
+
+
+def _flaky_outcome(flaky: Flaky, last_failure: list[Outcome]) -> Optional[Outcome]:
+    """Return the failure Hypothesis could not reproduce, marked 'nondeterministic', or None without one."""
+    outcome = None
+    pending: list[BaseException] = [flaky]
+    while pending and outcome is None:
+        error = pending.pop()
+        if isinstance(error, ImplementationFailure):
+            outcome = error.outcome
+        pending.extend(getattr(error, "exceptions", ()))
+    if outcome is None and last_failure:
+        outcome = last_failure[0]
+    if outcome is None:
+        return None
+    outcome.detail = f"failed once and passed on a later call of the same case ({outcome.verdict}: {outcome.detail})"
+    outcome.verdict = "nondeterministic"
+    return outcome
+
+
+def _confirm(implementation: Implementation, outcome: Outcome, options: FuzzOptions, caller: Any) -> Outcome:
+    """Run a shrunk failure again; return it as 'nondeterministic' when a run gives another verdict or output."""
+    if not options.check_determinism or outcome.verdict in ("crash", "timeout", "nondeterministic"):
+        return outcome
+    for _ in range(_CONFIRM_RUNS):
+        again = evaluate(implementation, outcome.case, caller=caller, memory_budget=options.memory_budget)
+        if again.verdict != outcome.verdict:
+            outcome.detail = (f"the same case gave {outcome.verdict} ({outcome.detail}) and then {again.verdict}"
+                              + (f" ({again.detail})" if again.detail else ""))
+            outcome.verdict = "nondeterministic"
+            return outcome
+        if _outputs_differ(outcome.output, again.output):
+            outcome.detail = f"the same case gave two different outputs, the first with {outcome.detail}"
+            outcome.verdict = "nondeterministic"
+            return outcome
+    return outcome
+
+
+def _outputs_differ(first: Any, second: Any) -> bool:
+    if not isinstance(first, torch.Tensor) or not isinstance(second, torch.Tensor):
+        return False
+    if first.shape != second.shape or first.dtype != second.dtype or first.device != second.device:
+        return True
+    return not torch.equal(tensor_bits(first), tensor_bits(second))
 
 
 def _write(result: ImplementationResult, implementation: Implementation, options: FuzzOptions) -> None:
     outcome = result.outcome
     assert outcome is not None
     extra: dict[str, Any] = {}
-    if options.finish is not None:
+    context: Optional[CaseContext] = None
+    if options.analyse:
+        from difftest.analysis import analyse
+
         context = CaseContext(outcome.case)
-        extra = options.finish(outcome, implementation, context) or {}
+        extra = analyse(outcome, implementation, context, options.report_dir, timeout=options.timeout,
+                        memory_limit=options.memory_budget)
+        result.analysis = extra
+    if options.finish is not None:
+        context = context or CaseContext(outcome.case)
+        extra = {**extra, **(options.finish(outcome, implementation, context) or {})}
         result.analysis = extra
     data = report_dict(outcome, implementation, **extra)
     data["examples"] = result.examples

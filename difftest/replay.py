@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from difftest.case import ConvCase
 from difftest.errors import DifftestError, ReportError, UsageError
+from difftest.invalid import InvalidCall, evaluate_invalid
 from difftest.registry import Implementation, Supports, import_target
 from difftest.reports import load_report, mark_status, report_dict
 from difftest.runner import CaseContext, Outcome, caller_for, evaluate
@@ -39,12 +40,22 @@ def implementation_from_report(data: dict[str, Any]) -> Implementation:
                           isolate=bool(recorded.get("isolate", False)))
 
 
+# Seconds an isolated implementation may take per call during a replay, so a
+# report of a hang is confirmed instead of hanging the replay.
+REPLAY_TIMEOUT = 60.0
+
+
 def replay_data(data: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
     """Run a report's case again; return the outcome and a report of it."""
     implementation = implementation_from_report(data)
+    if data.get("invalid_call") is not None:
+        call = InvalidCall.from_dict(data["invalid_call"])
+        invalid = evaluate_invalid(implementation, call, caller=caller_for(implementation, REPLAY_TIMEOUT))
+        return invalid, report_dict(invalid, implementation, diagnosis=data.get("diagnosis"),
+                                    reproduce=data.get("reproduce"))
     case = ConvCase.from_dict(data["case"])
     context = CaseContext(case, literal=data.get("inputs"))
-    outcome = evaluate(implementation, case, context, caller=caller_for(implementation))
+    outcome = evaluate(implementation, case, context, caller=caller_for(implementation, REPLAY_TIMEOUT))
     fresh = report_dict(outcome, implementation, inputs=data.get("inputs"), diagnosis=data.get("diagnosis"),
                         reproduce=data.get("reproduce"))
     return outcome, fresh
@@ -57,6 +68,9 @@ def replay_path(path: str, *, update: bool = True) -> ReplayResult:
         outcome, _ = replay_data(data)
     except (DifftestError, ValueError) as error:
         return ReplayResult(path, "invalid", error=str(error))
+    except Exception as error:
+        # One report that breaks the replay must not stop the others.
+        return ReplayResult(path, "invalid", error=f"replaying {path} failed: {type(error).__name__}: {error}")
     status = "fixed" if outcome.passed else "reproduces"
     if update:
         mark_status(path, data, "fixed" if outcome.passed else "open", outcome)
@@ -68,6 +82,8 @@ def find_reports(paths: list[str]) -> list[str]:
     found: list[str] = []
     for path in paths:
         if os.path.isdir(path):
+            # glob skips names that start with a dot, so the .tmp-* files a
+            # killed run can leave behind (see difftest._atomic) are never read.
             found.extend(sorted(glob.glob(os.path.join(path, "*.json"))))
         elif os.path.exists(path):
             found.append(path)

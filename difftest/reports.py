@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import uuid
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ import torch
 from difftest._atomic import write_atomic
 from difftest.case import ConvCase
 from difftest.errors import ReportError, UsageError
+from difftest.invalid import InvalidCall, InvalidOutcome, invalid_report_fields
 from difftest.registry import Implementation
 from difftest.runner import Outcome
 
@@ -77,16 +79,38 @@ def versions() -> dict[str, str]:
 
 def ensure_report_dir(path: str) -> str:
     """Create the report folder if needed and check it is writable; raise UsageError if not."""
+    blocker = _file_in_the_way(path)
+    if blocker == os.path.abspath(path):
+        raise UsageError("--report-dir", path, "is a file, not a folder", "pass a folder you can write to")
+    if blocker is not None:
+        raise UsageError("--report-dir", path, f"cannot be created because {blocker} is a file",
+                         "pass a folder you can write to")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise UsageError("--report-dir", path, f"cannot be created ({error.strerror})",
                          "pass a folder you can write to") from None
-    if not os.path.isdir(path):
-        raise UsageError("--report-dir", path, "is not a folder", "pass a folder you can write to")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError("--report-dir", path, "is not writable", "pass a folder you can write to")
+    # A trial file is more reliable than os.access, which returns true for
+    # root everywhere. TemporaryFile has no name on Linux (O_TMPFILE), so a run
+    # killed here leaves nothing behind.
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UsageError("--report-dir", path, f"is not writable ({error.strerror})",
+                         "pass a folder you can write to") from None
     return path
+
+
+def _file_in_the_way(path: str) -> Optional[str]:
+    """Return ``path`` or its nearest existing parent when that is not a folder, else None."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+    return None if os.path.isdir(current) else current
 
 
 def report_dict(outcome: Outcome, implementation: Implementation, **extra: Any) -> dict[str, Any]:
@@ -136,6 +160,8 @@ def report_dict(outcome: Outcome, implementation: Implementation, **extra: Any) 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
+    if isinstance(outcome, InvalidOutcome):
+        data.update(invalid_report_fields(outcome))
     data.update(extra)
     return data
 
@@ -143,7 +169,8 @@ def report_dict(outcome: Outcome, implementation: Implementation, **extra: Any) 
 def _content_name(data: dict[str, Any]) -> str:
     """Return a file stem derived from what failed, where and how, never from when."""
     key = json.dumps({"target": data["implementation"]["target"], "case": data["case"],
-                      "verdict": data["verdict"], "inputs": data.get("inputs")}, sort_keys=True)
+                      "verdict": data["verdict"], "inputs": data.get("inputs"),
+                      "invalid_call": data.get("invalid_call")}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     name = data["implementation"]["name"]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
@@ -217,9 +244,13 @@ def load_report(path: str) -> dict[str, Any]:
                           f"{error.msg}") from None
     if not isinstance(data, dict):
         raise ReportError(path, "(json)", "is not a JSON object")
+    invalid_call = data.get("invalid_call")
     for field, kind in REQUIRED_FIELDS.items():
         if field not in data:
             raise ReportError(path, field, "is missing")
+        if field == "case" and invalid_call is not None:
+            # An invalid-call report has no valid case; its call is checked below.
+            continue
         if not isinstance(data[field], kind):
             raise ReportError(path, field, f"has type {type(data[field]).__name__}, expected {getattr(kind, '__name__', kind)}")
     if data["format"] != FORMAT:
@@ -229,10 +260,16 @@ def load_report(path: str) -> dict[str, Any]:
     for field in ("name", "target"):
         if not isinstance(data["implementation"].get(field), str) or not data["implementation"][field]:
             raise ReportError(path, f"implementation.{field}", "is missing or not a string")
-    try:
-        ConvCase.from_dict(data["case"])
-    except (UsageError, TypeError, ValueError) as error:
-        raise ReportError(path, "case", f"is invalid: {error}") from None
+    if invalid_call is not None:
+        try:
+            InvalidCall.from_dict(invalid_call)
+        except (UsageError, TypeError, ValueError, AttributeError) as error:
+            raise ReportError(path, "invalid_call", f"is invalid: {error}") from None
+    else:
+        try:
+            ConvCase.from_dict(data["case"])
+        except (UsageError, TypeError, ValueError) as error:
+            raise ReportError(path, "case", f"is invalid: {error}") from None
     inputs = data.get("inputs")
     if inputs is not None and (not isinstance(inputs, dict) or not isinstance(inputs.get("input"), list)
                                or not isinstance(inputs.get("weight"), list)):

@@ -10,12 +10,15 @@ from typing import Any, Optional
 
 import torch
 
-from difftest.case import ConvCase
-from difftest.compare import (Comparison, check_metadata, compare_values, error_statistics,
-                              oracle_weakness)
+from difftest._contract import contract_violation, snapshot
+from difftest._memory import check_memory_budget
+from difftest.case import ConvCase, explicit_padding
+from difftest.compare import (Comparison, check_metadata, compare_values, count_special_mismatches,
+                              error_statistics, oracle_weakness)
+from difftest.errors import UsageError
 from difftest.reference import magnitude, reference, truth
 from difftest.registry import Implementation
-from difftest.tolerance import Bound, elementwise_bound, exact_bound, normwise_bound
+from difftest.tolerance import Bound, elementwise_bound, exact_bound, normwise_bound, normwise_scale
 from difftest.values import Inputs, exact_limit, inputs_from_literal, make_inputs
 
 __all__ = ["Outcome", "CaseContext", "evaluate", "caller_for", "call_in_process", "VERDICTS", "PASS"]
@@ -49,6 +52,7 @@ class CaseContext:
 
     case: ConvCase
     literal: Optional[dict] = None
+    memory_budget: Optional[int] = None
     inputs: Inputs = field(init=False)
     inputs64: Inputs = field(init=False)
     truth: torch.Tensor = field(init=False)
@@ -58,20 +62,28 @@ class CaseContext:
     _exact: Optional[bool] = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        # Refuse a case over the budget (bytes) before any of its tensors exists.
+        check_memory_budget(self.case, self.memory_budget)
+        self.reset_inputs()
+        self.inputs64 = self.inputs.float64()
+        self.truth = truth(self.case, self.inputs64)
+        self.magnitude = magnitude(self.case, self.inputs64)
+
+    def reset_inputs(self) -> None:
+        """Build the inputs again, so that an implementation that changed them cannot affect the next one."""
         if self.literal is not None:
             self.inputs = inputs_from_literal(self.case, self.literal)
         else:
             self.inputs = make_inputs(self.case)
-        self.inputs64 = self.inputs.float64()
-        self.truth = truth(self.case, self.inputs64)
-        self.magnitude = magnitude(self.case, self.inputs64)
 
     @property
     def exact(self) -> bool:
         """Whether every partial sum is an exactly representable integer, so any difference is a bug."""
         if self._exact is None:
             tensors = [t for t in (self.inputs64.input, self.inputs64.weight, self.inputs64.bias) if t is not None]
-            integral = all(bool(torch.isfinite(t).all()) and bool((t == t.round()).all()) for t in tensors)
+            # One flat tensor: this runs on every example, and each tensor operation has a fixed cost.
+            values = torch.cat([t.reshape(-1) for t in tensors])
+            integral = bool(torch.isfinite(values).all()) and bool((values == values.round()).all())
             largest = float(self.magnitude.max()) if self.magnitude.numel() else 0.0
             self._exact = integral and largest <= exact_limit(self.case)
         return self._exact
@@ -90,11 +102,20 @@ class CaseContext:
         if self.exact and supports.error_model == "elementwise" and supports.tolerance_factor == 1:
             return exact_bound(self.truth, self.case.dtype, self.case.reduction_length)
         if supports.error_model == "normwise":
-            transform = (self.case.height + self.case.kernel_height) * (self.case.width + self.case.kernel_width)
-            return normwise_bound(self.magnitude, self.truth, self.case.dtype, self.case.reduction_length,
-                                  transform, supports.tolerance_factor)
+            return self._normwise_bound(supports.tolerance_factor)
         return elementwise_bound(self.magnitude, self.truth, self.case.dtype, self.case.reduction_length,
                                  supports.tolerance_factor)
+
+    def _normwise_bound(self, factor: float) -> Bound:
+        case = self.case
+        pads = explicit_padding(case.padding, case.kernel, case.dilation)
+        # A linear convolution by FFT needs a transform at least the padded
+        # input's size; allow up to twice that on each axis (the next power of two).
+        transform = 4 * (case.height + pads[0] + pads[1]) * (case.width + pads[2] + pads[3])
+        scale = normwise_scale(self.inputs64.input, self.inputs64.weight, self.inputs64.bias, case.groups, pads,
+                               case.padding_mode)
+        return normwise_bound(self.magnitude, self.truth, case.dtype, case.reduction_length, transform, factor,
+                              scale=scale.expand_as(self.truth), channels=case.in_channels // case.groups)
 
 
 @dataclass
@@ -147,13 +168,22 @@ def call_in_process(implementation: Implementation, case: ConvCase, inputs: Inpu
     return implementation.call(inputs.input, inputs.weight, inputs.bias, case)
 
 
-def caller_for(implementation: Implementation, timeout: Optional[float] = None) -> Any:
-    """Return how to call ``implementation``: in a worker process when it is isolated, else in this one."""
+def caller_for(implementation: Implementation, timeout: Optional[float] = None,
+               memory_limit: Optional[int] = None) -> Any:
+    """Return how to call ``implementation``: in a worker process when it is isolated, else in this one.
+
+    ``timeout`` (seconds per call) and ``memory_limit`` (bytes a call may add
+    to the worker's address space) apply to isolated calls only. Raises
+    UsageError when an isolated implementation cannot be imported by a worker.
+    The caller of an isolated implementation has a ``close()`` method that
+    stops its worker.
+    """
     if not implementation.isolate:
         return call_in_process
-    from difftest.isolation import isolated_caller
+    from difftest.isolation import isolated_caller, require_importable
 
-    return isolated_caller(timeout=timeout)
+    require_importable(implementation)
+    return isolated_caller(timeout=timeout, memory_limit=memory_limit)
 
 
 def evaluate(
@@ -163,23 +193,31 @@ def evaluate(
     *,
     check_determinism: bool = False,
     caller: Any = None,
+    memory_budget: Optional[int] = None,
 ) -> Outcome:
     """Run ``case`` through ``implementation`` and return the judged outcome.
 
     Shape, dtype and device are checked before values. An exception raised by
     the implementation becomes its outcome, never an error of the run.
     ``caller`` replaces the in-process call, for example with an isolated one.
+    A UsageError from ``caller`` (an isolated implementation that cannot be
+    imported) is raised, not judged. ``memory_budget`` (bytes) applies when
+    no ``context`` is given: see CaseContext.
     """
-    context = context or CaseContext(case)
+    context = context or CaseContext(case, memory_budget=memory_budget)
     caller = caller or call_in_process
     inputs = context.inputs
-    before = inputs.clone()
+    before = snapshot(inputs)
     bound = context.bound(implementation)
     outcome = Outcome(implementation.name, case, PASS, bound=bound, exact=context.exact)
 
     started = time.perf_counter()
     try:
         output = caller(implementation, case, inputs)
+    except UsageError:
+        # NOTE: an implementation that itself raises difftest's UsageError
+        # also ends the run here instead of becoming an 'exception' finding.
+        raise
     except NotImplementedError as error:
         outcome.verdict, outcome.exception = "not_implemented", _exception_text(error)
         outcome.detail = f"raised NotImplementedError: {error}"
@@ -193,9 +231,10 @@ def evaluate(
         outcome.seconds = time.perf_counter() - started
 
     outcome.output = output.detach() if isinstance(output, torch.Tensor) else None
-    violated = _contract_violation(inputs, before, output)
+    violated = contract_violation(inputs, before, output)
     if violated:
         outcome.verdict, outcome.detail = violated
+        context.reset_inputs()
         return outcome
     wrong = check_metadata(output, case)
     if wrong:
@@ -212,6 +251,11 @@ def evaluate(
             outcome.reference_suspect = (
                 f"torch's own conv2d is {outcome.torch_error['max_error_over_bound']:.3g} times past the bound "
                 "on this case")
+        wrong_specials = count_special_mismatches(torch_output, context.truth)
+        if wrong_specials:
+            outcome.reference_suspect = (
+                f"torch's own conv2d has NaN or infinity where the truth differs in {wrong_specials} elements "
+                "on this case")
     outcome.weak_oracle = oracle_weakness(context.truth, bound)
     if not comparison.passed:
         outcome.verdict = "special_value_mismatch" if comparison.special_mismatches else "mismatch"
@@ -220,51 +264,45 @@ def evaluate(
         return outcome
 
     if check_determinism:
-        again = caller(implementation, case, inputs)
-        if isinstance(again, torch.Tensor) and again.shape == output.shape:
-            spread = compare_values(again, output.detach().to("cpu", torch.float64), bound)
-            if not spread.passed:
-                outcome.verdict = "nondeterministic"
-                outcome.detail = (f"a second call differs from the first in {spread.mismatched} elements; "
-                                  f"greatest difference {spread.greatest.error:.3g} at {spread.greatest.index}")
+        repeated = _second_call(implementation, case, context, caller, output, bound)
+        if repeated is not None:
+            outcome.verdict, outcome.detail = repeated
     return outcome
+
+
+def _second_call(implementation: Implementation, case: ConvCase, context: CaseContext, caller: Any,
+                 output: torch.Tensor, bound: Bound) -> Optional[tuple[str, str]]:
+    """Call again on the same inputs; return (verdict, detail) when the result differs or the contract is broken."""
+    inputs = context.inputs
+    before = snapshot(inputs)
+    try:
+        again = caller(implementation, case, inputs)
+    except UsageError:
+        raise
+    except Exception as error:
+        verdict = getattr(error, "difftest_verdict", None)
+        if verdict is not None and verdict not in ("crash", "timeout"):
+            return verdict, f"on a second call: {error}"
+        if verdict is None:
+            what = f"raised {type(error).__name__}: {error}"
+        else:
+            what = f"failed ({verdict}): {error}"
+        return "nondeterministic", f"a first call returned a result, a second call on the same case {what}"
+    violated = contract_violation(inputs, before, again)
+    if violated:
+        context.reset_inputs()
+        return violated[0], f"on a second call: {violated[1]}"
+    if not isinstance(again, torch.Tensor) or again.shape != output.shape:
+        shape = tuple(again.shape) if isinstance(again, torch.Tensor) else type(again).__name__
+        return "nondeterministic", f"a second call returned {shape} where the first returned {tuple(output.shape)}"
+    spread = compare_values(again, output.detach().to("cpu", torch.float64), bound)
+    if spread.passed:
+        return None
+    return ("nondeterministic", f"a second call differs from the first in {spread.mismatched} elements; "
+                                f"greatest difference {spread.greatest.error:.3g} at {spread.greatest.index}")
 
 
 def _exception_text(error: BaseException) -> str:
     lines = traceback.format_exception_only(type(error), error)
     return "".join(lines).strip()
 
-
-def _contract_violation(inputs: Inputs, before: Inputs, output: Any) -> Optional[tuple[str, str]]:
-    """Return (verdict, detail) when the call changed an input or returned an alias of one."""
-    for name in ("input", "weight", "bias"):
-        now, then = getattr(inputs, name), getattr(before, name)
-        if now is None:
-            continue
-        if now.shape != then.shape or not torch.equal(_bits(now), _bits(then)):
-            return "mutates_input", f"{name} was modified in place"
-    if isinstance(output, torch.Tensor):
-        for name in ("input", "weight", "bias"):
-            tensor = getattr(inputs, name)
-            if tensor is not None and _shares_memory(output, tensor):
-                return "output_aliases_input", f"the output shares memory with {name}"
-    return None
-
-
-def _bits(tensor: torch.Tensor) -> torch.Tensor:
-    # Compare bit patterns, so NaN equals NaN and -0.0 differs from 0.0.
-    view_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
-    return tensor.detach().contiguous().view(view_dtype)
-
-
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
-        return False
-    try:
-        a_start = a.untyped_storage().data_ptr()
-        b_start = b.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return False
-    a_end = a_start + a.untyped_storage().nbytes()
-    b_end = b_start + b.untyped_storage().nbytes()
-    return a_start < b_end and b_start < a_end

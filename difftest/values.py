@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from difftest.case import ConvCase
+from difftest.case import ConvCase, explicit_padding
 from difftest.tolerance import ACCUMULATION_DTYPE, SIGNIFICAND_BITS
 
 __all__ = [
@@ -36,6 +36,10 @@ EXACT_KINDS = frozenset({"integers", "ones"})
 # product or sum overflows (float16's largest finite value is 65504).
 _SCALE = {"float64": 1e4, "float32": 1e4, "float16": 1e1, "bfloat16": 1e4}
 
+# Share of a dtype's largest finite value that the magnitude of the terms of
+# one output may reach (see _fit_range).
+_RANGE_SHARE = 1 / 8
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -46,9 +50,15 @@ class Inputs:
     bias: Optional[torch.Tensor]
 
     def float64(self) -> "Inputs":
-        """Return the same values in contiguous float64 on the CPU, for the truth."""
+        """Return copies of the values in contiguous float64 on the CPU, for the truth.
+
+        They are always copies, even of float64 CPU inputs, so an
+        implementation that writes to its input cannot change the truth.
+        """
         def widen(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if t is None else t.detach().to("cpu", torch.float64).contiguous()
+            if t is None:
+                return None
+            return t.detach().to("cpu", torch.float64, memory_format=torch.contiguous_format, copy=True)
         return Inputs(widen(self.input), widen(self.weight), widen(self.bias))  # type: ignore[arg-type]
 
     def clone(self) -> "Inputs":
@@ -87,9 +97,32 @@ def make_values(case: ConvCase) -> tuple[torch.Tensor, torch.Tensor, Optional[to
     scale = _SCALE[case.dtype]
     x = _real(kind, input_shape, generator, scale, case, channel_axis=-3)
     w = _real("normal" if kind in ("arange", "cancellation") else kind, weight_shape, generator, 1.0, case,
-              channel_axis=1)
+              channel_axis=1, weight=True)
     b = torch.randn(bias_shape, generator=generator, dtype=torch.float64) if case.bias else None
+    if kind != "special":
+        x = _fit_range(case, x, w, b)
     return x, w, b
+
+
+def _fit_range(case: ConvCase, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    """Scale the input down by a power of two until no partial sum in any order can overflow the dtype.
+
+    Every partial sum is at most the magnitude conv(|x|, |w|) + |b| in absolute
+    value; keeping that below _RANGE_SHARE of the dtype's largest finite value
+    leaves room for rounding. A power of two keeps the values' significands.
+    """
+    limit = _RANGE_SHARE * float(torch.finfo(getattr(torch, case.dtype)).max)
+    bias = float(b.abs().max()) if b is not None and b.numel() else 0.0
+    cheap = case.reduction_length * float(x.abs().max()) * float(w.abs().max()) + bias if x.numel() else 0.0
+    if cheap <= limit:
+        return x
+    largest = _largest_sum(case, x, w, b)
+    while largest > limit and float(x.abs().max()) > 0:
+        # The input's share of the magnitude scales with x; the bias keeps
+        # its share, so a second step is needed only when the bias is large.
+        x = x * 2.0 ** -math.ceil(math.log2(largest / limit))
+        largest = _largest_sum(case, x, w, b)
+    return x
 
 
 def _value_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
@@ -137,7 +170,7 @@ def _largest_sum(case: ConvCase, x: torch.Tensor, w: torch.Tensor, b: Optional[t
 
 
 def _real(kind: str, shape: tuple[int, ...], generator: torch.Generator, scale: float, case: ConvCase,
-          channel_axis: int) -> torch.Tensor:
+          channel_axis: int, weight: bool = False) -> torch.Tensor:
     if kind == "uniform":
         return torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
     if kind == "normal":
@@ -162,27 +195,53 @@ def _real(kind: str, shape: tuple[int, ...], generator: torch.Generator, scale: 
         view[channel_axis] = channels
         return torch.randn(shape, generator=generator, dtype=torch.float64) * (10.0 ** exponents).reshape(view)
     if kind == "sparse":
-        # About 90% zeros, but dense enough that at least half of the outputs
-        # sum a nonzero term, so that the case still tests something.
-        density = max(0.1, 1 - 0.5 ** (1 / case.reduction_length))
+        # About 90% zeros, but dense enough that about three outputs in four
+        # sum a nonzero product, so that the case still tests something: a
+        # product is nonzero with probability density**2, and each output
+        # sums reduction_length of them.
+        density = max(0.1, math.sqrt(1 - 0.25 ** (1 / case.reduction_length)))
         values = torch.randn(shape, generator=generator, dtype=torch.float64)
         return values * (torch.rand(shape, generator=generator, dtype=torch.float64) < density)
     if kind == "special":
-        return _special(shape, generator, case)
+        return _special(shape, generator, case, weight)
     raise ValueError(f"unknown value kind {kind!r}")
 
 
-def _special(shape: tuple[int, ...], generator: torch.Generator, case: ConvCase) -> torch.Tensor:
-    """Normal values with a few NaN, +-inf, -0.0 and subnormals in random places."""
+def _special(shape: tuple[int, ...], generator: torch.Generator, case: ConvCase, weight: bool) -> torch.Tensor:
+    """Normal values with NaN, +-inf, -0.0 and subnormals in random places.
+
+    -0.0 and subnormals replace one element in 16. NaN and infinities are
+    rarer, so that most outputs stay finite and the values around them are
+    still checked. The input gets one per four output windows on average (a
+    window reads reduction_length input elements), rounded up or down at
+    random. The weight gets one in half of the cases, and none when its
+    values are shared by every output channel (the expanded layout), because a
+    non-finite weight makes its whole output channel non-finite. Nor does it
+    get one when the input is padded with zeros: whether a non-finite weight
+    times a padded zero is NaN depends on whether an implementation multiplies
+    the padding or skips it, and torch does both (oneDNN skips it, the im2col
+    path multiplies it), so the expected value there is not defined.
+    """
     values = torch.randn(shape, generator=generator, dtype=torch.float64)
-    tiny = float(torch.finfo(getattr(torch, case.dtype)).smallest_normal) / 4
-    specials = torch.tensor([math.nan, math.inf, -math.inf, -0.0, tiny, -tiny], dtype=torch.float64)
     flat = values.reshape(-1)
-    count = max(1, flat.numel() // 16)
-    positions = torch.randperm(flat.numel(), generator=generator)[:count]
-    choice = torch.randint(0, len(specials), (count,), generator=generator)
-    flat[positions] = specials[choice]
-    return flat.reshape(shape)
+    if flat.numel() == 0:
+        return values
+    tiny = float(torch.finfo(getattr(torch, case.dtype)).smallest_normal) / 4
+    finite = torch.tensor([-0.0, tiny, -tiny], dtype=torch.float64)
+    non_finite = torch.tensor([math.nan, math.inf, -math.inf], dtype=torch.float64)
+    coin = float(torch.rand((), generator=generator, dtype=torch.float64))
+    if weight:
+        zero_padded = case.padding_mode == "zeros" and any(explicit_padding(case.padding, case.kernel, case.dilation))
+        non_finite_count = int(coin < 0.5 and shape[0] > 1 and not zero_padded)
+    else:
+        non_finite_count = math.floor(flat.numel() / (4 * case.reduction_length) + coin)
+    finite_count = max(1, flat.numel() // 16)
+
+    positions = torch.randperm(flat.numel(), generator=generator)
+    for chosen, pool in ((positions[:finite_count], finite),
+                         (positions[finite_count:finite_count + non_finite_count], non_finite)):
+        flat[chosen] = pool[torch.randint(0, len(pool), (len(chosen),), generator=generator)]
+    return values
 
 
 def apply_layout(values: torch.Tensor, layout: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+import math
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from hypothesis import strategies as st
@@ -69,6 +70,81 @@ def value_kinds(*, supports: Optional[Supports] = None, kinds: Optional[Iterable
     return st.sampled_from(_choices("values", kinds, frozenset(allowed), _VALUE_ORDER))
 
 
+def _capped(value: int, cap: Optional[int]) -> int:
+    """Return ``value`` lowered to ``cap`` (but at least 1); ``value`` itself without a cap."""
+    return value if cap is None else max(1, min(value, cap))
+
+
+def _quotient(limit: Optional[int], divisor: int) -> Optional[int]:
+    return None if limit is None else limit // divisor
+
+
+def _largest(low: int, high: int, fits: Callable[[int], bool]) -> int:
+    """Return the largest value in [low, high] that fits, or ``low`` when none does.
+
+    Every use passes a ``fits`` that is monotone (true up to some value, false
+    above), so the whole range [low, result] fits.
+    """
+    for value in range(high, low, -1):
+        if fits(value):
+            return value
+    return low
+
+
+def _spans(kernel: tuple[int, int], dilation: list[int]) -> tuple[int, int]:
+    """Return the dilated kernel's extent on each axis."""
+    return (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+
+
+def _same_padding(span: int) -> tuple[int, int]:
+    # torch puts the odd pixel of 'same' padding after the input.
+    total = span - 1
+    return total // 2, total - total // 2
+
+
+def _axis_padding(padding: Any, span: int, axis: int = 0) -> tuple[int, int]:
+    if padding == "same":
+        return _same_padding(span)
+    if padding == "valid":
+        return (0, 0)
+    return (padding[axis], padding[axis])
+
+
+def _smallest_size(span: int, before: int, after: int, mode: str) -> int:
+    """Return the smallest input size on one axis for the dilated kernel's ``span`` and the padding."""
+    smallest = max(1, span - before - after)
+    if mode == "reflect":
+        smallest = max(smallest, max(before, after) + 1)
+    elif mode == "circular":
+        smallest = max(smallest, max(before, after))
+    return smallest
+
+
+def _padded_minimum(span: int, before: int, after: int, mode: str) -> int:
+    """Return the padded extent of the smallest input on one axis; it grows with span and padding."""
+    return _smallest_size(span, before, after, mode) + before + after
+
+
+def _pads_fit(area: Optional[int], spans: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]],
+              mode: str) -> bool:
+    """Return whether the smallest input for this padding has a padded area of at most ``area``."""
+    if area is None:
+        return True
+    return math.prod(_padded_minimum(spans[axis], *pads[axis], mode) for axis in range(2)) <= area
+
+
+def _form_fits(area: Optional[int], form: str, modes: list[str], spans: tuple[int, int]) -> bool:
+    """Return whether some case with this padding form fits ``area``.
+
+    'int', 'pair' and 'valid' fit with no padding whatever the mode, where the
+    smallest padded input is the dilated kernel itself. 'same' pads by the
+    kernel's extent, so it needs a mode whose smallest padded input fits.
+    """
+    if form != "same":
+        return _pads_fit(area, spans, ((0, 0), (0, 0)), "zeros")
+    return any(_pads_fit(area, spans, (_same_padding(spans[0]), _same_padding(spans[1])), mode) for mode in modes)
+
+
 @st.composite
 def conv_cases(
     draw: Any,
@@ -88,6 +164,7 @@ def conv_cases(
     max_stride: int = 3,
     max_padding: int = 2,
     max_dilation: int = 3,
+    max_elements: Optional[int] = None,
     allow_groups: bool = True,
     allow_bias: bool = True,
     allow_stride: bool = True,
@@ -103,8 +180,11 @@ def conv_cases(
     is at least as large as the dilated kernel, 'same' padding comes with
     stride 1, and reflect or circular padding stays below the input size.
     ``supports`` (an implementation's declaration) and the keyword arguments
-    narrow the space; ``max_*`` bound the sizes. About one case in eight is a
-    long reduction (many in-channels, a large kernel, a small image).
+    narrow the space; ``max_*`` bound the sizes. ``max_elements`` bounds the
+    element count of the input, the weight and the output each: every draw is
+    capped so that the rest of the case can still fit, so no case is filtered
+    out. About one case in eight is a long reduction (many in-channels, a
+    large kernel, a small image).
 
     Shrinks toward batch 1, one channel, a 1x1 kernel, stride 1, no padding or
     dilation, groups 1, no bias, zeros padding, contiguous float32 on the CPU,
@@ -116,6 +196,8 @@ def conv_cases(
                         ("max_dilation", max_dilation)):
         _bounded(name, bound)
     _bounded("max_padding", max_padding, minimum=0)
+    if max_elements is not None:
+        _bounded("max_elements", max_elements)
 
     dtype = draw(st.sampled_from(_choices("dtypes", dtypes, supports.dtypes, _DTYPE_ORDER)))
     present = available_devices()
@@ -127,11 +209,25 @@ def conv_cases(
 
     groups = 1
     if allow_groups and supports.groups and max_groups > 1:
-        groups = draw(st.integers(1, min(max_groups, channel_limit)))
-    per_group_in = draw(st.integers(1, max(1, channel_limit // groups)))
-    per_group_out = draw(st.integers(1, max(1, max_channels // groups)))
+        groups = draw(st.integers(1, _capped(min(max_groups, channel_limit), max_elements)))
+    per_group_in = draw(st.integers(1, _capped(max(1, channel_limit // groups), _quotient(max_elements, groups))))
+    per_group_out = draw(st.integers(1, _capped(max(1, max_channels // groups),
+                                                _quotient(max_elements, groups * per_group_in))))
+    in_channels, out_channels = groups * per_group_in, groups * per_group_out
+    # Input and output have at most (their channels) x (padded height x padded
+    # width) elements per batch item, and the weight at most (out_channels x
+    # per_group_in) x (kernel area), the kernel lying inside the padded input.
+    # So a padded area of at most ``area`` keeps all three within max_elements.
+    area = _quotient(max_elements, max(in_channels, out_channels * per_group_in))
+    forms = _choices("padding_forms", padding_forms, supports.padding_forms, _PADDING_FORM_ORDER)
+    modes = _choices("padding_modes", padding_modes, supports.padding_modes, _PADDING_MODE_ORDER)
 
-    kernel = (draw(st.integers(1, kernel_limit)), draw(st.integers(1, kernel_limit)))
+    def completes(spans: tuple[int, int]) -> bool:
+        return any(_form_fits(area, choice, modes, spans) for choice in forms)
+
+    kernel_height = draw(st.integers(1, _largest(1, kernel_limit, lambda k: completes((k, 1)))))
+    kernel_width = draw(st.integers(1, _largest(1, kernel_limit, lambda k: completes((kernel_height, k)))))
+    kernel = (kernel_height, kernel_width)
     size_limit = max(max_size, kernel_limit) if long_reduction else max_size
 
     dilation = [1, 1]
@@ -139,11 +235,19 @@ def conv_cases(
         for axis in range(2):
             # Keep the dilated kernel inside the largest input.
             most = 1 if kernel[axis] == 1 else max(1, min(max_dilation, (size_limit + 2 * max_padding - 1) // (kernel[axis] - 1)))
-            dilation[axis] = draw(st.integers(1, most))
+            trial = list(dilation)
 
-    forms = _choices("padding_forms", padding_forms, supports.padding_forms, _PADDING_FORM_ORDER)
-    form = draw(st.sampled_from(forms))
-    modes = _choices("padding_modes", padding_modes, supports.padding_modes, _PADDING_MODE_ORDER)
+            def dilation_fits(value: int) -> bool:
+                trial[axis] = value
+                return completes(_spans(kernel, trial))
+
+            dilation[axis] = draw(st.integers(1, _largest(1, most, dilation_fits)))
+    spans = _spans(kernel, dilation)
+
+    form = draw(st.sampled_from([choice for choice in forms if _form_fits(area, choice, modes, spans)]))
+    if form == "same":
+        same_pads = (_same_padding(spans[0]), _same_padding(spans[1]))
+        modes = [choice for choice in modes if _pads_fit(area, spans, same_pads, choice)]
     # Options that only apply to some forms are still drawn for every form and
     # then ignored, so that shrinking the form toward plain explicit padding
     # never changes which draws follow and the shrinker can always take the step.
@@ -157,7 +261,13 @@ def conv_cases(
     if form == "same":
         stride = [1, 1]
 
-    amounts = (draw(st.integers(0, max_padding)), draw(st.integers(0, max_padding)))
+    # With max_elements the padding is capped so that the smallest input still
+    # fits (an 'int' amount pads both axes).
+    first_pads = (lambda p: ((p, p), (p, p))) if form == "int" else (lambda p: ((p, p), (0, 0)))
+    first = draw(st.integers(0, _largest(0, max_padding, lambda p: _pads_fit(area, spans, first_pads(p), mode))))
+    second = draw(st.integers(0, _largest(0, max_padding,
+                                          lambda p: _pads_fit(area, spans, ((first, first), (p, p)), mode))))
+    amounts = (first, second)
     if form == "int":
         padding: Any = (amounts[0], amounts[0])
     elif form == "pair":
@@ -165,24 +275,20 @@ def conv_cases(
     else:
         padding = form
 
-    size = []
+    pads = [_axis_padding(padding, spans[axis], axis) for axis in range(2)]
+    size: list[int] = []
     for axis in range(2):
-        span = dilation[axis] * (kernel[axis] - 1) + 1
-        if padding == "same":
-            total = span - 1
-            before, after = total // 2, total - total // 2
-        elif padding == "valid":
-            before = after = 0
-        else:
-            before = after = padding[axis]
-        smallest = max(1, span - before - after)
-        if mode == "reflect":
-            smallest = max(smallest, max(before, after) + 1)
-        elif mode == "circular":
-            smallest = max(smallest, max(before, after))
-        size.append(draw(st.integers(smallest, max(smallest, size_limit))))
+        before, after = pads[axis]
+        smallest = _smallest_size(spans[axis], before, after, mode)
+        largest = max(smallest, size_limit)
+        if area is not None:
+            # The other axis at its smallest (for the height) or as drawn (for the width).
+            other = _padded_minimum(spans[1], *pads[1], mode) if axis == 0 else size[0] + sum(pads[0])
+            largest = max(smallest, min(largest, area // other - before - after))
+        size.append(draw(st.integers(smallest, largest)))
 
-    batch = draw(st.integers(1, max_batch))
+    padded_area = (size[0] + sum(pads[0])) * (size[1] + sum(pads[1]))
+    batch = draw(st.integers(1, _capped(max_batch, _quotient(max_elements, max(in_channels, out_channels) * padded_area))))
     unbatched = allow_unbatched and supports.unbatched and draw(st.integers(0, 5)) == 5
     if unbatched or long_reduction:
         batch = 1
@@ -196,8 +302,8 @@ def conv_cases(
 
     return ConvCase(
         batch=batch,
-        in_channels=groups * per_group_in,
-        out_channels=groups * per_group_out,
+        in_channels=in_channels,
+        out_channels=out_channels,
         height=size[0],
         width=size[1],
         kernel_height=kernel[0],

@@ -281,6 +281,7 @@ CHECKS = {
     "shape_mismatch": _check_shape_mismatch,
     "dtype_mismatch": _check_dtype_mismatch,
     "exception": _check_exception,
+    "not_implemented": _check_exception,
     "mutates_input": _check_mutates_input,
     "output_aliases_input": _check_output_aliases_input,
     "nondeterministic": _check_nondeterministic,

@@ -62,6 +62,9 @@ class ConvArguments:
     groups: int
     unbatched: bool
     result_dtype: torch.dtype
+    # The caller's batch was empty; ``input`` then holds one item of zeros,
+    # which :meth:`finish` drops again.
+    empty_batch: bool = False
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -105,6 +108,8 @@ class ConvArguments:
         if self.bias is not None:
             output = output + self.bias.to(output.dtype).reshape(1, -1, 1, 1)
         output = output.to(self.result_dtype)
+        if self.empty_batch:
+            output = output[:0]
         return output[0] if self.unbatched else output
 
 
@@ -132,6 +137,11 @@ def prepare(
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    # torch accepts an empty batch and returns an empty output. Computing one
+    # item of zeros instead spares every implementation a zero-size axis.
+    empty_batch = input.shape[0] == 0
+    if empty_batch:
+        input = input.new_zeros(1, *input.shape[1:])
 
     _check_channels(input, weight, bias, groups)
     stride = pair("stride", stride)
@@ -149,7 +159,8 @@ def prepare(
         input = F.pad(input, (left, right, top, bottom), mode=padding_mode)
         explicit = (0, 0, 0, 0)
 
-    arguments = ConvArguments(input, weight, bias, stride, explicit, dilation, groups, unbatched, input.dtype)
+    arguments = ConvArguments(input, weight, bias, stride, explicit, dilation, groups, unbatched, input.dtype,
+                              empty_batch)
     if min(arguments.output_size) < 1:
         raise ValueError(
             f"output size {arguments.output_size} is empty because the dilated kernel "
