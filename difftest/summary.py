@@ -40,6 +40,9 @@ def render_table(results: Iterable[ImplementationResult]) -> str:
             lines.append("")
             lines.append(f"{result.name}: shrunk to {result.outcome.case.describe()}")
             lines.append(f"  {result.outcome.detail}")
+            diagnosis = (result.analysis or {}).get("diagnosis") or {}
+            if diagnosis.get("summary"):
+                lines.append(f"  diagnosis: {diagnosis['summary']}")
     return "\n".join(lines)
 
 
