@@ -114,6 +114,9 @@ register("torch_compile", conv2d_torch_compile, target="difftest.builtins._torch
 CORRECT = ("loop", "unfold", "im2col", "fft", "winograd", "einsum_strided", "half_fp32_accumulate",
            "torch_mkldnn", "torch_no_mkldnn", "torch_channels_last", "torch_half", "torch_compile")
 
-# What `difftest fuzz` runs with no --impl: every built-in but torch_compile,
-# whose compilation of each new combination of options takes seconds.
-DEFAULT = CORE + tuple(name for name in CORRECT if name not in CORE and name != "torch_compile")
+# What `difftest fuzz` runs with no --impl: the implementations written here.
+# The torch_* paths test torch itself and are named with --impl: on CPU,
+# torch 2.13's bfloat16 convolution is outside the float32-accumulation
+# bound on about 1% of cases (measured with benchmarks/long_run.py), and
+# torch_compile spends seconds compiling each new combination of options.
+DEFAULT = CORE + tuple(name for name in CORRECT if name not in CORE and not name.startswith("torch_"))
