@@ -58,8 +58,8 @@ def invalid_conv_calls(
     is not 4-D, an input is neither 3-D nor 4-D, dtypes or devices differ, or
     the bias has the wrong length. One call in four only looks invalid: an
     empty batch, a kernel exactly as large as the padded input, a stride
-    beyond the input, or padding beyond the kernel. Whether a call is invalid
-    is for torch to say; the strategy only makes it likely. ``supports``
+    beyond the input, or padding beyond the kernel. Torch decides whether a call
+    is invalid, and the strategy only makes it likely. ``supports``
     keeps the draws inside an implementation's declaration: no mistakes in
     options it does not take, and only its dtypes for the input.
 
