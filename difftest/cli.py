@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -63,8 +64,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds above 0")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a finite number of seconds above 0")
     return value
 
 
@@ -148,6 +149,12 @@ def _implementations(specs: list[str], isolate: Optional[bool]) -> list[Any]:
         chosen = [get(name) for name in builtins.DEFAULT]
     if isolate is not None:
         chosen = [dataclasses.replace(implementation, isolate=isolate) for implementation in chosen]
+    seen: dict[str, str] = {}
+    for spec, implementation in zip(specs, chosen):
+        if implementation.name in seen:
+            raise UsageError("--impl", spec, f"has the name {implementation.name!r} of --impl {seen[implementation.name]}",
+                             "give one a name of its own: set {'name': ...} in its difftest_supports dict")
+        seen[implementation.name] = spec
     return chosen
 
 

@@ -183,7 +183,11 @@ class Implementation:
 
 
 def _positional_count(function: Callable[..., Any]) -> int:
-    """Return how many of conv2d's positional arguments ``function`` takes."""
+    """Return how many of conv2d's positional arguments ``function`` takes.
+
+    NOTE: keyword-only parameters (after ``*``) are not counted and never
+    passed, so such a function is called as if it lacked them.
+    """
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
@@ -228,7 +232,8 @@ def _infer_supports(name: str, function: Callable[..., Any], declared: dict[str,
         if option not in present:
             inferred[option] = False
     if "padding" not in present:
-        inferred["padding_forms"] = {"int"}
+        # 'valid' is zero padding, the default of a function without the parameter.
+        inferred["padding_forms"] = {"valid"}
     if "padding_modes" in declared and set(declared["padding_modes"]) != {"zeros"}:
         if not _accepts_keyword(function, "padding_mode"):
             raise UsageError("padding_modes", sorted(declared["padding_modes"]),

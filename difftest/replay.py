@@ -12,6 +12,7 @@ from difftest.errors import DifftestError, ReportError, UsageError
 from difftest.invalid import InvalidCall, evaluate_invalid
 from difftest.registry import Implementation, Supports, import_target
 from difftest.reports import load_report, mark_status, report_dict
+from difftest._memory import default_memory_budget
 from difftest.runner import CaseContext, Outcome, caller_for, evaluate
 
 __all__ = ["ReplayResult", "replay_data", "replay_path", "replay_paths", "find_reports"]
@@ -48,14 +49,17 @@ REPLAY_TIMEOUT = 60.0
 def replay_data(data: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
     """Run a report's case again; return the outcome and a report of it."""
     implementation = implementation_from_report(data)
+    # The same memory limit as a campaign's default, so replaying a report of
+    # an unbounded allocation cannot take the machine down.
+    caller = caller_for(implementation, REPLAY_TIMEOUT, default_memory_budget())
     if data.get("invalid_call") is not None:
         call = InvalidCall.from_dict(data["invalid_call"])
-        invalid = evaluate_invalid(implementation, call, caller=caller_for(implementation, REPLAY_TIMEOUT))
+        invalid = evaluate_invalid(implementation, call, caller=caller)
         return invalid, report_dict(invalid, implementation, diagnosis=data.get("diagnosis"),
                                     reproduce=data.get("reproduce"))
     case = ConvCase.from_dict(data["case"])
     context = CaseContext(case, literal=data.get("inputs"))
-    outcome = evaluate(implementation, case, context, caller=caller_for(implementation, REPLAY_TIMEOUT))
+    outcome = evaluate(implementation, case, context, caller=caller)
     fresh = report_dict(outcome, implementation, inputs=data.get("inputs"), diagnosis=data.get("diagnosis"),
                         reproduce=data.get("reproduce"))
     return outcome, fresh

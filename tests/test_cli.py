@@ -89,3 +89,30 @@ def test_file_implementation_fuzzed(tmp_path, capsys):
     output = capsys.readouterr().out
     assert status == 0, output
     assert any(line.startswith("conv ") and " pass" in line for line in output.splitlines())
+
+
+def test_two_implementations_same_name_rejected(tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "conv.py").write_text(
+            "import torch.nn.functional as F\n"
+            "def conv(input, weight):\n"
+            "    return F.conv2d(input, weight)\n")
+    first, second = tmp_path / "a" / "conv.py", tmp_path / "b" / "conv.py"
+    assert main(["fuzz", "--impl", f"{first}:conv", "--impl", f"{second}:conv", "--report-dir",
+                 str(tmp_path / "reports")]) == 2
+    assert _error_line(capsys) == (
+        f"difftest fuzz: error: --impl='{second}:conv' is invalid: has the name 'conv' of --impl {first}:conv. "
+        "give one a name of its own: set {'name': ...} in its difftest_supports dict")
+
+
+def test_function_without_padding_gets_no_padding(tmp_path, capsys):
+    source = tmp_path / "two.py"
+    source.write_text(
+        "import torch.nn.functional as F\n"
+        "def two(input, weight):\n"
+        "    return F.conv2d(input, weight)\n"
+        "two.difftest_supports = {'isolate': False}\n")
+    status = main(["fuzz", "--impl", f"{source}:two", "--max-examples", "40", "--no-invalid", "--report-dir",
+                   str(tmp_path / "reports")])
+    assert status == 0, capsys.readouterr().out

@@ -531,7 +531,9 @@ def test_bad_implementation_one_line(spec, message, bad_file, tmp_path, capsys):
     (["--memory-budget", "lots"],
      "argument --memory-budget: invalid value 'lots': expected a number of MiB (see difftest fuzz --help)"),
     (["--timeout", "0"],
-     "argument --timeout: invalid value '0': expected a number of seconds above 0 (see difftest fuzz --help)"),
+     "argument --timeout: invalid value '0': expected a finite number of seconds above 0 (see difftest fuzz --help)"),
+    (["--timeout", "inf"],
+     "argument --timeout: invalid value 'inf': expected a finite number of seconds above 0 (see difftest fuzz --help)"),
 ])
 def test_bad_option_one_line(arguments, message, tmp_path, capsys):
     status = main(["fuzz", *arguments, "--report-dir", str(tmp_path)])
