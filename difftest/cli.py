@@ -273,7 +273,12 @@ def _replay(arguments: argparse.Namespace) -> int:
                            "verdict": r.outcome.verdict if r.outcome else None} for r in results], indent=2))
     else:
         for result in results:
-            what = result.error if result.status == "invalid" else (result.outcome.verdict if result.outcome else "")
+            if result.status == "invalid":
+                what = result.error
+            elif result.outcome is not None:
+                what = result.outcome.verdict
+            else:
+                what = ""
             print(f"{result.status:<11} {result.path}  {what}")
     if any(result.status == "invalid" for result in results):
         return EXIT_USAGE

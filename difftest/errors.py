@@ -23,7 +23,7 @@ class DifftestError(Exception):
 class UsageError(DifftestError):
     """A value given to difftest is invalid.
 
-    ``name`` and ``value`` identify the bad value and ``fix`` says what to do.
+    ``name`` and ``value`` identify the bad value and ``fix`` tells the user what to do next.
     The message is one line: ``name=value is invalid: reason. fix``.
     """
 

@@ -72,7 +72,7 @@ class FuzzOptions:
     failure again, never the record: reports are). ``profile`` names a
     Hypothesis settings profile (see difftest.profiles) whose derandomize,
     print_blob and database apply; ``max_examples`` and an explicit
-    ``database`` still take precedence. ``strategy`` holds keyword
+    ``database`` still take precedence. ``strategy`` contains keyword
     arguments for :func:`strategies.conv_cases`. ``timeout`` (seconds per
     call) applies to isolated implementations. ``memory_budget`` (bytes)
     skips cases whose inputs, truth and bound are estimated to need more, and
@@ -108,7 +108,7 @@ class FuzzOptions:
 
 @dataclass
 class ImplementationResult:
-    """What a campaign found for one implementation."""
+    """The result of a campaign for one implementation: examples run, verdict and report."""
 
     name: str
     examples: int = 0

@@ -120,7 +120,7 @@ class CaseContext:
 
 @dataclass
 class Outcome:
-    """What happened when one implementation ran one case."""
+    """The judged result of one implementation on one case."""
 
     implementation: str
     case: ConvCase

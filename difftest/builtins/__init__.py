@@ -114,7 +114,7 @@ register("torch_compile", conv2d_torch_compile, target="difftest.builtins._torch
 CORRECT = ("loop", "unfold", "im2col", "fft", "winograd", "einsum_strided", "half_fp32_accumulate",
            "torch_mkldnn", "torch_no_mkldnn", "torch_channels_last", "torch_half", "torch_compile")
 
-# What `difftest fuzz` runs with no --impl: the implementations written here.
+# The implementations `difftest fuzz` runs with no --impl: those written here.
 # The torch_* paths test torch itself and are named with --impl: on CPU,
 # torch 2.13's bfloat16 convolution is outside the float32-accumulation
 # bound on about 1% of cases (measured with benchmarks/long_run.py), and
