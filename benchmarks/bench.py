@@ -88,12 +88,12 @@ def _options(examples: int, seed: int, **changes: Any) -> FuzzOptions:
     return FuzzOptions(max_examples=examples, seed=seed, write_reports=False, check_invalid=False, **changes)
 
 
-def throughput(names: tuple[str, ...], examples: int, seed: int) -> list[tuple[str, int, float, str]]:
-    """Return (name, examples, seconds, verdict) of one seeded search per implementation."""
+def throughput(names: tuple[str, ...], examples: int, seed: int) -> list[tuple[str, int, int, float, str]]:
+    """Return (name, examples, shrink steps, seconds, verdict) of one seeded search per implementation."""
     rows = []
     for name in names:
         result = fuzz_implementation(get(name), _options(examples, seed))
-        rows.append((name, result.examples, result.seconds, result.verdict))
+        rows.append((name, result.examples, result.shrink_steps, result.seconds, result.verdict))
     return rows
 
 
@@ -146,13 +146,13 @@ def overhead(name: str, examples: int, seed: int, repeats: int) -> dict[str, Any
             "ratio_wall": best["harness"][0] / best["bare"][0], "ratio_cpu": best["harness"][1] / best["bare"][1]}
 
 
-def find_known_bad(seeds: range, examples: int) -> list[tuple[int, int, float, str]]:
-    """Return (seed, examples, seconds, shrunk case) of the search that finds and shrinks KNOWN_BAD."""
+def find_known_bad(seeds: range, examples: int) -> list[tuple[int, int, int, float, str]]:
+    """Return (seed, examples, shrink steps, seconds, shrunk case) of the search that finds and shrinks KNOWN_BAD."""
     rows = []
     for seed in seeds:
         result = fuzz_implementation(get(KNOWN_BAD), _options(examples, seed, analyse=False))
         case = result.outcome.case.describe() if result.outcome else "(not found)"
-        rows.append((seed, result.examples, result.seconds, case))
+        rows.append((seed, result.examples, result.shrink_steps, result.seconds, case))
     return rows
 
 
@@ -186,9 +186,11 @@ def xdist_campaign(workers: int, examples: int, threads: int) -> float:
 
 def _print_throughput(arguments: argparse.Namespace) -> None:
     print(f"\n## Throughput ({arguments.examples} examples, seed {arguments.seed})")
-    print(f"{'implementation':<22} {'examples':>8} {'seconds':>8} {'examples/s':>10}  verdict")
-    for name, examples, seconds, verdict in throughput(DEFAULT, arguments.examples, arguments.seed):
-        print(f"{name:<22} {examples:>8} {seconds:>8.2f} {examples / seconds:>10.1f}  {verdict}")
+    # The rate counts every case run, shrinking steps included, because the seconds include them.
+    print(f"{'implementation':<22} {'examples':>8} {'shrinks':>8} {'seconds':>8} {'cases/s':>8}  verdict")
+    for name, examples, shrinks, seconds, verdict in throughput(DEFAULT, arguments.examples, arguments.seed):
+        rate = (examples + shrinks) / seconds
+        print(f"{name:<22} {examples:>8} {shrinks:>8} {seconds:>8.2f} {rate:>8.1f}  {verdict}")
 
 
 def _print_overhead(arguments: argparse.Namespace) -> None:
@@ -205,9 +207,9 @@ def _print_overhead(arguments: argparse.Namespace) -> None:
 def _print_known_bad(arguments: argparse.Namespace) -> None:
     print(f"\n## Finding and shrinking {KNOWN_BAD} (up to {arguments.examples} examples)")
     rows = find_known_bad(range(5), arguments.examples)
-    for seed, examples, seconds, case in rows:
-        print(f"seed {seed}: {seconds:6.2f} s, {examples:>4} examples, shrunk to {case}")
-    print(f"median {statistics.median(row[2] for row in rows):.2f} s")
+    for seed, examples, shrinks, seconds, case in rows:
+        print(f"seed {seed}: {seconds:6.2f} s, {examples:>4} examples, {shrinks:>4} shrink steps, shrunk to {case}")
+    print(f"median {statistics.median(row[3] for row in rows):.2f} s")
 
 
 def _print_xdist(arguments: argparse.Namespace) -> None:

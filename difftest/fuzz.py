@@ -15,7 +15,7 @@ from hypothesis.errors import FailedHealthCheck, Flaky, Unsatisfiable
 
 from difftest._contract import tensor_bits
 from difftest.case import ConvCase
-from difftest.errors import MemoryBudgetError
+from difftest.errors import MemoryBudgetError, UsageError
 from difftest.registry import Implementation
 from difftest.reports import report_dict, write_report
 from difftest.runner import CaseContext, Outcome, caller_for, evaluate
@@ -108,10 +108,18 @@ class FuzzOptions:
 
 @dataclass
 class ImplementationResult:
-    """The result of a campaign for one implementation: examples run, verdict and report."""
+    """The result of a campaign for one implementation: examples run, verdict and report.
+
+    ``examples`` counts the cases searched up to and including the first
+    failure, and ``shrink_steps`` the cases run after it while Hypothesis
+    shrank that failure. The verdict 'skipped' means the campaign's narrowing
+    (such as its dtypes) left nothing this implementation supports, and
+    ``note`` gives the reason.
+    """
 
     name: str
     examples: int = 0
+    shrink_steps: int = 0
     verdict: str = "pass"
     outcome: Optional[Outcome] = None
     report: Optional[str] = None
@@ -128,11 +136,23 @@ class ImplementationResult:
 
     @property
     def failed(self) -> bool:
-        return self.verdict != "pass"
+        return self.verdict not in ("pass", "skipped")
+
+    @property
+    def skipped(self) -> bool:
+        return self.verdict == "skipped"
 
     @property
     def as_expected(self) -> bool:
-        return self.failed == self.expected_to_fail
+        return self.skipped or self.failed == self.expected_to_fail
+
+    @property
+    def detail(self) -> str:
+        """Return the failure's detail as its report states it: on the reduced inputs when there are some."""
+        reduced = (self.analysis or {}).get("detail")
+        if reduced:
+            return str(reduced)
+        return self.outcome.detail if self.outcome is not None else ""
 
 
 def _hypothesis_settings(options: FuzzOptions, implementation: Implementation) -> hypothesis.settings:
@@ -190,7 +210,10 @@ def fuzz_implementation(implementation: Implementation, options: FuzzOptions) ->
                 logger.warning("%s: skipping cases over the memory budget, first: %s", implementation.name, error)
             over_budget.append(error)
             hypothesis.reject()
-        result.examples += 1
+        if failed_cases:
+            result.shrink_steps += 1
+        else:
+            result.examples += 1
         if options.on_example is not None:
             options.on_example(outcome)
         if not outcome.passed:
@@ -360,17 +383,56 @@ def _write(result: ImplementationResult, implementation: Implementation, options
         result.analysis = extra
     data = report_dict(outcome, implementation, **extra)
     data["examples"] = result.examples
+    data["shrink_steps"] = result.shrink_steps
     result.report, result.script = write_report(options.report_dir, data)
     logger.info("%s: %s, report %s", implementation.name, outcome.verdict, result.report)
 
 
 def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
          on_result: Optional[Callable[[ImplementationResult], None]] = None) -> list[ImplementationResult]:
-    """Fuzz each implementation in turn; one failing never stops the others."""
+    """Fuzz each implementation in turn; one failing never stops the others.
+
+    With several implementations, one that supports none of the dtypes or
+    devices ``options.strategy`` narrows to is skipped with a note, so that
+    ``--dtype float16`` fuzzes the built-ins that compute in float16. When
+    that leaves none, the narrowing is a usage error.
+    """
+    implementations = list(implementations)
+    outside = {implementation.name: _outside_narrowing(implementation, options) for implementation in implementations}
+    if implementations and all(outside.values()):
+        first = outside[implementations[0].name]
+        assert first is not None
+        if len(implementations) == 1:
+            raise UsageError(first.name, first.value, f"{first.reason} of {implementations[0].name}", first.fix)
+        raise UsageError(first.name, first.value, "leaves nothing to generate for any selected implementation",
+                         f"pick {first.name} that one of {', '.join(outside)} supports")
+
     results = []
     for implementation in implementations:
-        result = fuzz_implementation(implementation, options)
+        problem = outside[implementation.name]
+        if problem is not None:
+            result = ImplementationResult(implementation.name, verdict="skipped",
+                                          expected_to_fail=implementation.expected_to_fail,
+                                          note=f"{problem.name}={problem.value!r} {problem.reason}")
+        else:
+            result = fuzz_implementation(implementation, options)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
+
+
+def _outside_narrowing(implementation: Implementation, options: FuzzOptions) -> Optional[UsageError]:
+    """Return the error when the campaign's dtypes or devices leave nothing ``implementation`` supports."""
+    from strategies import check_narrowing
+
+    narrowing = {key: value for key, value in options.strategy.items() if key in ("dtypes", "devices")}
+    if not narrowing:
+        return None
+    try:
+        check_narrowing(implementation.supports, **narrowing)
+    except UsageError as error:
+        if error.name in narrowing:
+            return error
+        raise
+    return None

@@ -317,7 +317,9 @@ def _rebuild_exception(pickled: Optional[bytes], type_name: str, message: str, t
         except Exception:
             error = None
     if not isinstance(error, Exception):
-        error = RuntimeError(f"{type_name}: {message}")
+        # Also taken for KeyboardInterrupt and SystemExit, which must not stop
+        # the parent when the implementation raised them.
+        error = RuntimeError(f"{type_name}: {message}" if message else type_name)
     error.difftest_worker_traceback = text
     return error
 
@@ -414,7 +416,7 @@ def _call(functions: dict[str, Any], stub: Any, case: Any, inputs: Any, memory_l
 
     implementation = dataclasses.replace(stub, function=functions[stub.target])
     before = snapshot(inputs)
-    failure: Optional[Exception] = None
+    failure: Optional[BaseException] = None
     output: Any = None
     # NOTE: calls on an accelerator run without the address-space limit,
     # because CUDA reserves far more virtual memory than it uses when it starts.
@@ -422,7 +424,10 @@ def _call(functions: dict[str, Any], stub: Any, case: Any, inputs: Any, memory_l
     with _address_space_limit(limit):
         try:
             output = implementation.call(inputs.input, inputs.weight, inputs.bias, case)
-        except Exception as error:
+        except BaseException as error:
+            # The worker ignores SIGINT, so a KeyboardInterrupt or SystemExit
+            # here was raised by the implementation: a finding, not a request
+            # to stop the worker.
             failure = error
     if failure is not None:
         return ("raised", *_exception_payload(failure))

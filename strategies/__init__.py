@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from strategies._cases import available_devices, conv_cases, value_kinds
+from strategies._cases import available_devices, check_narrowing, conv_cases, value_kinds
 from strategies._invalid import invalid_conv_calls
 
-__all__ = ["available_devices", "conv_cases", "invalid_conv_calls", "value_kinds"]
+__all__ = ["available_devices", "check_narrowing", "conv_cases", "invalid_conv_calls", "value_kinds"]

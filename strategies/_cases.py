@@ -12,7 +12,7 @@ from difftest.case import DTYPES, LAYOUTS, PADDING_MODES, VALUE_KINDS, ConvCase
 from difftest.errors import UsageError
 from difftest.registry import PADDING_FORMS, Supports
 
-__all__ = ["conv_cases", "available_devices", "value_kinds"]
+__all__ = ["conv_cases", "available_devices", "check_narrowing", "value_kinds"]
 
 # Orders in which sampled_from lists options: Hypothesis shrinks toward the
 # first element, so the plainest value comes first.
@@ -53,6 +53,19 @@ def _choices(name: str, requested: Optional[Iterable[str]], allowed: frozenset[s
                          f"leaves nothing to generate inside the supported {', '.join(sorted(allowed))}",
                          f"pick {name} from {', '.join(sorted(allowed))}")
     return chosen
+
+
+def check_narrowing(supports: Optional[Supports] = None, *, dtypes: Optional[Iterable[str]] = None,
+                    devices: Optional[Iterable[str]] = None) -> None:
+    """Raise UsageError when ``dtypes`` or ``devices`` leave nothing inside ``supports`` on this machine.
+
+    :func:`conv_cases` makes the same check only when it first draws, so a
+    caller that fuzzes several implementations checks each one up front.
+    """
+    supports = supports or Supports()
+    _choices("dtypes", dtypes, supports.dtypes, _DTYPE_ORDER)
+    present = available_devices()
+    _choices("devices", devices, supports.devices & set(present), present)
 
 
 def _bounded(name: str, value: int, minimum: int = 1) -> int:

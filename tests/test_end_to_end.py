@@ -116,3 +116,38 @@ def test_fixed_seed_repeats_run(tmp_path, capsys):
         return item["examples"], item["case"]
 
     assert run(tmp_path / "a") == run(tmp_path / "b")
+
+
+def test_known_bad_counts_search_and_shrinking_apart(known_bad_report):
+    data = json.load(open(known_bad_report.report))
+    assert 1 <= known_bad_report.examples <= 60
+    assert known_bad_report.shrink_steps >= 1
+    assert data["examples"] == known_bad_report.examples
+    assert data["shrink_steps"] == known_bad_report.shrink_steps
+
+
+def test_result_detail_matches_report(known_bad_report):
+    data = json.load(open(known_bad_report.report))
+    assert known_bad_report.detail == data["detail"]
+
+
+def test_dtype_narrowing_skips_unsupporting_implementations(tmp_path):
+    results = _fuzz(["loop", "half_fp32_accumulate"], tmp_path, max_examples=10, check_invalid=False,
+                    strategy={"dtypes": ["float16"]})
+    loop, half = results
+    assert loop.verdict == "skipped"
+    assert not loop.failed
+    assert loop.examples == 0
+    assert "float16" in loop.note
+    assert half.verdict == "pass"
+    assert half.examples == 10
+
+
+def test_dtype_narrowing_with_one_implementation_names_it(tmp_path):
+    with pytest.raises(difftest.UsageError, match="dtypes=.*float16.*loop"):
+        _fuzz(["loop"], tmp_path, max_examples=10, strategy={"dtypes": ["float16"]})
+
+
+def test_dtype_narrowing_supported_by_none(tmp_path):
+    with pytest.raises(difftest.UsageError, match="for any selected implementation"):
+        _fuzz(["loop", "im2col"], tmp_path, max_examples=10, strategy={"dtypes": ["float16"]})

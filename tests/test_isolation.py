@@ -65,6 +65,14 @@ def raise_local_exception(input, weight, bias=None, stride=1, padding=0, dilatio
     raise LocalError("made inside the call")
 
 
+def raise_keyboard_interrupt(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    raise KeyboardInterrupt
+
+
+def call_sys_exit(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    sys.exit(4)
+
+
 def exit_with_status_3(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     os._exit(3)
 
@@ -152,6 +160,17 @@ def test_unpicklable_exception_becomes_runtime_error(caller):
     assert outcome.verdict == "exception"
     assert outcome.detail == ("raised RuntimeError: test_isolation.raise_local_exception.<locals>.LocalError: "
                               "made inside the call")
+
+
+@pytest.mark.parametrize("function, kind", [(raise_keyboard_interrupt, "KeyboardInterrupt"),
+                                             (call_sys_exit, "SystemExit")])
+def test_base_exception_from_implementation_is_exception(function, kind, caller, capfd):
+    outcome = evaluate(isolated(function), PLAIN, caller=caller)
+    after = evaluate(isolated(conv2d), PLAIN, caller=caller)
+    assert outcome.verdict == "exception"
+    assert f"builtins.{kind}" in outcome.detail
+    assert after.verdict == "pass"
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_segfault_is_crash_and_reproducible(caller):
