@@ -22,31 +22,29 @@ TENSOR_NAMES = ("input", "weight", "bias")
 class Snapshot:
     """Copies of a call's inputs taken before the call.
 
-    ``values`` contains each tensor's elements as bit patterns, ``memory`` every
-    byte of the storage behind it (so a write between the elements of a sliced
-    tensor also shows) and ``layouts`` its shape, strides, offset and storage
-    address (so ``resize_``, ``set_`` or ``as_strided_`` on the caller's
-    tensor also shows).
+    ``memory`` contains every byte of the storage behind each tensor (so a
+    write between the elements of a sliced tensor also shows) and ``layouts``
+    its shape, strides, offset and storage address (so ``resize_``, ``set_``
+    or ``as_strided_`` on the caller's tensor also shows). The elements
+    themselves are not copied: with the layout unchanged they live in that
+    storage, so they changed only if it did.
     """
 
-    values: dict[str, torch.Tensor]
     memory: dict[str, torch.Tensor]
     layouts: dict[str, tuple[Any, ...]]
 
 
 def snapshot(inputs: Inputs) -> Snapshot:
     """Copy what a call must leave unchanged."""
-    values: dict[str, torch.Tensor] = {}
     memory: dict[str, torch.Tensor] = {}
     layouts: dict[str, tuple[Any, ...]] = {}
     for name in TENSOR_NAMES:
         tensor = getattr(inputs, name)
         if tensor is None:
             continue
-        values[name] = tensor_bits(tensor).clone()
         memory[name] = storage_bytes(tensor).clone()
         layouts[name] = _layout(tensor)
-    return Snapshot(values, memory, layouts)
+    return Snapshot(memory, layouts)
 
 
 def contract_violation(inputs: Inputs, before: Snapshot, output: Any) -> Optional[tuple[str, str]]:
@@ -76,11 +74,21 @@ def _changed_input(inputs: Inputs, before: Snapshot) -> Optional[str]:
             continue
         if _layout(tensor) != before.layouts[name]:
             return f"{name}'s shape, strides or storage were changed in place"
-        if not torch.equal(tensor_bits(tensor), before.values[name]):
+        if torch.equal(storage_bytes(tensor), before.memory[name]):
+            continue
+        # The storage changed. Read the former elements through the same
+        # layout on the copy to tell a changed element from a write beside them.
+        former = _elements_in(before.memory[name], tensor)
+        if not torch.equal(tensor_bits(tensor), tensor_bits(former)):
             return f"{name} was modified in place"
-        if not torch.equal(storage_bytes(tensor), before.memory[name]):
-            return f"memory behind {name}, outside its elements, was modified in place"
+        return f"memory behind {name}, outside its elements, was modified in place"
     return None
+
+
+def _elements_in(memory: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Return the tensor that ``like``'s dtype, shape, strides and offset describe inside the bytes ``memory``."""
+    view = torch.empty(0, dtype=like.dtype, device=memory.device)
+    return view.set_(memory.untyped_storage(), like.storage_offset(), like.shape, like.stride())
 
 
 def _layout(tensor: torch.Tensor) -> tuple[Any, ...]:

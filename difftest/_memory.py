@@ -47,8 +47,8 @@ def estimate_case_bytes(case: ConvCase) -> int:
               + _stored_elements(case.weight_shape, case.weight_layout) + bias_elements)
     logical = input_elements + weight_elements + bias_elements
 
-    # Inputs, then the snapshot: their bit patterns and the bytes of their storage.
-    inputs = element * stored + element * logical + element * stored
+    # Inputs, then the snapshot: a copy of the bytes of their storage.
+    inputs = 2 * element * stored
     # inputs64, and the absolute values the magnitude convolves.
     widened = 2 * _FLOAT64 * logical
     # Truth, magnitude, bound values, and about three float64 temporaries while comparing.

@@ -59,10 +59,18 @@ class Comparison:
     error_norm: float = 0.0
     detail: str = ""
     mismatch_mask: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
+    # Over the elements where the output and the truth are both finite.
+    max_error: float = 0.0
+    max_error_over_bound: float = 0.0
 
     @property
     def share(self) -> float:
         return self.mismatched / self.total if self.total else 0.0
+
+    def error_statistics(self) -> dict[str, float]:
+        """Return what :func:`error_statistics` returns for the same output, without computing it again."""
+        return {"max_error": self.max_error, "max_error_over_bound": self.max_error_over_bound,
+                "error_norm": self.error_norm}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,11 +138,13 @@ def compare_values(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> C
     mismatched = int(wrong.sum())
     # Rank by how far each element is past its bound, special values first.
     excess = torch.where(limit > 0, error / limit, torch.where(error > 0, math.inf, 0.0))
-    excess = torch.where(special_wrong, torch.full_like(excess, math.inf), excess)
-    norm = float(error.norm()) if total else 0.0
-
     if total == 0:
         return Comparison(True, 0, 0, error_norm=0.0)
+    # The statistics ignore special values, so they are taken before those rank first.
+    max_error, max_excess = float(error.max()), float(excess.max())
+    excess = torch.where(special_wrong, torch.full_like(excess, math.inf), excess)
+    norm = float(error.norm())
+
     if mismatched == 0:
         # Only the first element of the ranking below is kept: the greatest
         # excess, then the greatest error, then the lowest index (argmax
@@ -164,6 +174,8 @@ def compare_values(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> C
         error_norm=norm,
         detail=detail,
         mismatch_mask=wrong,
+        max_error=max_error,
+        max_error_over_bound=max_excess,
     )
 
 

@@ -276,7 +276,7 @@ def test_memory_budget_refuses_case():
     with pytest.raises(MemoryBudgetError) as error:
         CaseContext(BIG, memory_budget=2**20)
     assert str(error.value) == (
-        "case n2c4h64w64_o4k3x3_s1x1p0x0d1x1g1_nobias_float32-cpu_integers0 needs an estimated 4.63 MiB for its "
+        "case n2c4h64w64_o4k3x3_s1x1p0x0d1x1g1_nobias_float32-cpu_integers0 needs an estimated 4.51 MiB for its "
         "inputs, float64 truth and bound, more than the memory budget of 1 MiB. lower --max-elements or raise "
         "--memory-budget")
 
