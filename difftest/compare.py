@@ -125,14 +125,19 @@ def compare_values(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> C
     actual64 = actual.detach().to("cpu", torch.float64)
     if torch.equal(actual64, truth):
         return _agreement(actual64, truth, bound)
-    actual_nan, actual_inf = torch.isnan(actual64), torch.isinf(actual64)
-    finite = torch.isfinite(truth)
-
-    special_wrong = _special_wrong(actual64, truth)
-    error = torch.where(finite & ~actual_nan & ~actual_inf, (actual64 - truth).abs(), torch.zeros_like(truth))
     limit = torch.nan_to_num(bound.values, nan=math.inf, posinf=math.inf)
-    value_wrong = finite & ~special_wrong & (error > limit)
-    wrong = special_wrong | value_wrong
+    difference = actual64 - truth
+    if bool(torch.isfinite(difference).all()):
+        # Both are finite everywhere (the usual case), so no special value can
+        # disagree and the masks below reduce to one comparison.
+        special_wrong = torch.zeros_like(truth, dtype=torch.bool)
+        error = difference.abs()
+        wrong = error > limit
+    else:
+        finite = torch.isfinite(truth)
+        special_wrong = _special_wrong(actual64, truth)
+        error = torch.where(finite & torch.isfinite(actual64), difference.abs(), torch.zeros_like(truth))
+        wrong = special_wrong | (finite & ~special_wrong & (error > limit))
 
     total = truth.numel()
     mismatched = int(wrong.sum())
