@@ -9,6 +9,8 @@ import tempfile
 import threading
 from typing import Iterator
 
+from difftest.errors import WriteError
+
 __all__ = ["write_atomic"]
 
 
@@ -20,9 +22,16 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     or SIGTERM during the write takes effect once it is over, so an
     interrupted run leaves no temporary file either; SIGKILL can leave one,
     named ``.tmp-*``, which readers skip.
+
+    Raises WriteError naming the file when the operating system rejects the
+    write (a missing or read-only folder, a full disk), so that the command
+    line can show one line instead of a traceback.
     """
     with _interrupts_deferred():
-        _write(path, text, mode)
+        try:
+            _write(path, text, mode)
+        except OSError as error:
+            raise WriteError(path, error.strerror or str(error)) from error
 
 
 def _write(path: str, text: str, mode: int) -> None:

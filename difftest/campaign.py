@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Optional
 
 from difftest._atomic import write_atomic
-from difftest.errors import ReportError
+from difftest.errors import ReportError, WriteError
 from difftest.registry import Implementation
 from difftest.replay import ReplayResult, find_reports, replay_path
 from difftest.reports import load_report
@@ -31,9 +31,11 @@ __all__ = [
     "group_reports",
     "render_summary",
     "write_summary",
+    "has_summary",
 ]
 
 SUMMARY_NAME = "SUMMARY.md"
+_TITLE = "# difftest summary"
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +84,17 @@ def render_replays(results: Iterable[ReplayResult]) -> str:
             what = result.error or ""
         else:
             what = result.outcome.verdict if result.outcome else ""
+        if result.write_error is not None:
+            what += f" (status not saved: {result.write_error.reason})"
         lines.append(f"replay {result.status:<10} {os.path.relpath(result.path)}  {what}".rstrip())
     return "\n".join(lines)
 
 
 def replays_json(results: Iterable[ReplayResult]) -> list[dict[str, Any]]:
     return [{"path": result.path, "implementation": result.name, "status": result.status, "error": result.error,
-             "verdict": result.outcome.verdict if result.outcome else None} for result in results]
+             "verdict": result.outcome.verdict if result.outcome else None,
+             "not_saved": str(result.write_error) if result.write_error is not None else None}
+            for result in results]
 
 
 def load_reports(report_dir: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -156,7 +162,7 @@ def render_summary(reports: list[dict[str, Any]], report_dir: str,
     open_count = sum(1 for data in reports if data["status"] != "fixed")
     workers = sorted({str(data.get("worker", "main")) for data in reports})
     runs = sorted({str(data.get("run_id", "")) for data in reports if data.get("run_id")})
-    lines = ["# difftest summary", ""]
+    lines = [_TITLE, ""]
     lines.append(f"{len(reports)} reports: {open_count} open, {len(reports) - open_count} fixed. "
                  f"Workers: {', '.join(workers) or '-'}. Runs: {', '.join(runs) or '-'}.")
 
@@ -189,9 +195,24 @@ def render_summary(reports: list[dict[str, Any]], report_dir: str,
 
 
 def write_summary(report_dir: str) -> str:
-    """Write ``SUMMARY.md`` for every report in ``report_dir``, whole or not at all; return its path."""
+    """Write ``SUMMARY.md`` for every report in ``report_dir``, whole or not at all; return its path.
+
+    Raises WriteError when the folder cannot be created or written.
+    """
     reports, unreadable = load_reports(report_dir)
-    os.makedirs(report_dir, exist_ok=True)
     path = os.path.join(report_dir, SUMMARY_NAME)
+    try:
+        os.makedirs(report_dir, exist_ok=True)
+    except OSError as error:
+        raise WriteError(path, error.strerror or str(error)) from error
     write_atomic(path, render_summary(reports, report_dir, unreadable))
     return path
+
+
+def has_summary(report_dir: str) -> bool:
+    """Return whether ``report_dir`` contains a summary page that difftest wrote (it starts with its title)."""
+    try:
+        with open(os.path.join(report_dir, SUMMARY_NAME), encoding="utf-8") as stream:
+            return stream.readline().rstrip("\n") == _TITLE
+    except (OSError, UnicodeDecodeError):
+        return False

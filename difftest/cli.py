@@ -7,6 +7,7 @@ failure still reproduces, 2 for a usage error (one line naming the bad value).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -15,10 +16,10 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from difftest.case import DTYPES
-from difftest.errors import DifftestError, UsageError
+from difftest.errors import DifftestError, UsageError, WriteError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -30,6 +31,8 @@ DEFAULT_MAX_EXAMPLES = 100
 DEFAULT_REPORT_DIR = "reports"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PROFILE = "difftest-dev"
+
+logger = logging.getLogger(__name__)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only generate this dtype (repeatable)")
     fuzz.add_argument("--device", action="append", default=None, metavar="DEVICE",
                       help="only generate this device: cpu, cuda or mps (repeatable)")
-    fuzz.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                      help=f"time limit per call of an isolated implementation (default {DEFAULT_TIMEOUT:g})")
+    fuzz.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                      help=f"time limit in seconds per call of an implementation run in a worker process "
+                           f"(default {DEFAULT_TIMEOUT:g}). A call in this process cannot be stopped, so "
+                           "--timeout with --no-isolate is an error")
     fuzz.add_argument("--max-elements", type=_positive_int, default=None, metavar="N",
                       help="generate no case whose input, weight or output has more than N elements "
                            "(default: no bound beyond the strategy's size limits)")
@@ -118,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--no-invalid", dest="check_invalid", action="store_false",
                       help="skip the search of invalid calls (by default each implementation must raise where "
                            "torch's conv2d raises, and must not raise where torch returns a result)")
-    fuzz.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
+    fuzz.add_argument("--json", action="store_true",
+                      help="print a machine-readable summary instead of the table. Everything else the run "
+                           "writes to standard output, implementations included, goes to standard error")
     fuzz.add_argument("--profile", default=None, metavar="NAME",
                       help=f"Hypothesis settings profile: difftest-dev, difftest-ci (derandomized, repeatable), "
                            f"difftest-thorough, or one your project registered (default {DEFAULT_PROFILE})")
@@ -133,9 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("report_dir", nargs="?", default=DEFAULT_REPORT_DIR, metavar="DIR",
                          help=f"report folder (default {DEFAULT_REPORT_DIR})")
 
-    replay = commands.add_parser("replay", help="re-run saved reports and mark fixed ones")
+    replay = commands.add_parser(
+        "replay", help="re-run saved reports and mark fixed ones",
+        description="Re-run saved reports. A report that now passes is marked 'fixed' and one that fails again "
+                    "is marked 'open'. The SUMMARY.md that difftest wrote in a report's folder is rewritten. "
+                    "A report that cannot be replayed (torn, or edited into an unknown verdict or status, a "
+                    "target that does not import, a case torch rejects, literal inputs of the wrong shape) is "
+                    "listed as invalid with its file and field, and the other reports still replay. Exit status: "
+                    "2 when any report is invalid or a folder cannot be written, else 1 when any failure still "
+                    "reproduces, else 0.")
     replay.add_argument("paths", nargs="+", metavar="PATH", help="report files (*.json) or folders holding them")
-    replay.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    replay.add_argument("--json", action="store_true",
+                        help="print a machine-readable summary. Everything else the replay writes to standard "
+                             "output, implementations included, goes to standard error")
     return parser
 
 
@@ -159,13 +176,12 @@ def _implementations(specs: list[str], isolate: Optional[bool]) -> list[Any]:
 
 
 def _fuzz(arguments: argparse.Namespace) -> int:
-    from difftest.campaign import render_replays, replay_open_reports, write_summary
+    from difftest.campaign import replay_open_reports, write_summary
     from difftest._memory import default_memory_budget
     from difftest.fuzz import FuzzOptions, fuzz
     from difftest.profiles import example_database, max_examples_of
     from difftest.progress import ProgressReporter
     from difftest.reports import ensure_report_dir
-    from difftest.summary import render_table, results_json
     from strategies import available_devices
 
     ensure_report_dir(arguments.report_dir)
@@ -178,6 +194,7 @@ def _fuzz(arguments: argparse.Namespace) -> int:
                 raise UsageError("--device", device, "not present on this machine",
                                  f"present: {', '.join(present)}")
     implementations = _implementations(arguments.impl, arguments.isolate)
+    timeout = _timeout(arguments, implementations)
     strategy: dict[str, Any] = {}
     if arguments.dtype:
         strategy["dtypes"] = arguments.dtype
@@ -193,6 +210,12 @@ def _fuzz(arguments: argparse.Namespace) -> int:
     max_examples = max_examples_of(profile, arguments.max_examples)
     progress = ProgressReporter(sys.stderr, implementations=len(implementations), max_examples=max_examples,
                                 enabled=True if arguments.progress else None)
+    finished: list[Any] = []
+
+    def on_result(result: Any) -> None:
+        finished.append(result)
+        progress.on_result(result)
+
     options = FuzzOptions(
         max_examples=max_examples,
         seed=arguments.seed,
@@ -201,31 +224,91 @@ def _fuzz(arguments: argparse.Namespace) -> int:
         profile=profile,
         check_determinism=arguments.check_determinism,
         check_invalid=arguments.check_invalid,
-        timeout=arguments.timeout,
+        timeout=timeout,
         memory_budget=memory_budget,
         strategy=strategy,
         on_example=progress.on_example,
     )
 
-    # Saved failures come first: a bug once found is checked on every run,
-    # even after the Hypothesis example database has been deleted.
-    replays = replay_open_reports(arguments.report_dir, implementations) if arguments.replay else []
+    replays: list[Any] = []
     try:
-        results = fuzz(implementations, options, on_result=progress.on_result)
-    finally:
-        progress.close()
-    summary_path = write_summary(arguments.report_dir)
+        with _stdout_to_stderr(arguments.json):
+            # Saved failures come first: a bug once found is checked on every
+            # run, even after the Hypothesis example database has been deleted.
+            if arguments.replay:
+                replays = replay_open_reports(arguments.report_dir, implementations)
+            unsaved = [replay.write_error for replay in replays if replay.write_error is not None]
+            if unsaved:
+                raise unsaved[0]
+            try:
+                fuzz(implementations, options, on_result=on_result)
+            finally:
+                progress.close()
+            summary_path = write_summary(arguments.report_dir)
+    except (DifftestError, OSError) as error:
+        if isinstance(error, OSError) and not _inside(error.filename, arguments.report_dir):
+            raise
+        # What was found before the error is printed, and its reports are on disk.
+        if replays or finished:
+            _print_campaign(arguments, replays, finished, None)
+        if isinstance(error, (WriteError, OSError)):
+            raise _unwritable("--report-dir", arguments.report_dir, error) from None
+        raise
+
+    _print_campaign(arguments, replays, finished, summary_path)
+    reproduced = any(replay.status == "reproduces" for replay in replays)
+    return EXIT_FAILURE if reproduced or any(result.failed for result in finished) else EXIT_OK
+
+
+def _timeout(arguments: argparse.Namespace, implementations: list[Any]) -> float:
+    """Return the time limit per isolated call; raise UsageError where --timeout cannot apply."""
+    if arguments.timeout is None:
+        return DEFAULT_TIMEOUT
+    if arguments.isolate is False:
+        raise UsageError("--timeout", arguments.timeout,
+                         "--no-isolate runs every implementation in this process, where a call cannot be stopped",
+                         "drop --no-isolate to run calls in a worker process that the time limit applies to, "
+                         "or drop --timeout")
+    in_process = [implementation.name for implementation in implementations if not implementation.isolate]
+    if in_process:
+        logger.warning("--timeout %g does not apply to implementations run in this process (%s); pass --isolate "
+                       "to time them", arguments.timeout, ", ".join(in_process))
+    return arguments.timeout
+
+
+def _print_campaign(arguments: argparse.Namespace, replays: list[Any], results: list[Any],
+                    summary_path: Optional[str]) -> None:
+    from difftest.campaign import render_replays
+    from difftest.summary import render_table, results_json
 
     if arguments.json:
         print(json.dumps(results_json(results, replays=replays), indent=2, sort_keys=True))
-    else:
-        if replays:
-            print(render_replays(replays))
-            print()
+        return
+    if replays:
+        print(render_replays(replays))
+        print()
+    if results:
         print(render_table(results))
+    if summary_path is not None:
         print(f"\nsummary: {summary_path}")
-    reproduced = any(replay.status == "reproduces" for replay in replays)
-    return EXIT_FAILURE if reproduced or any(result.failed for result in results) else EXIT_OK
+
+
+def _unwritable(option: str, folder: str, error: WriteError | OSError) -> UsageError:
+    """Return the usage error for a report folder the operating system would not let difftest write into."""
+    if isinstance(error, WriteError):
+        file_name, reason = os.path.basename(error.path), error.reason
+    else:
+        # A writer other than difftest._atomic, such as the heatmap's, names a temporary file, so no name is shown.
+        file_name, reason = "a file", error.strerror or str(error)
+    return UsageError(option, folder, f"saving {file_name} in it failed ({reason})",
+                      "pass a folder you can write to, or make this one writable")
+
+
+def _inside(path: Any, folder: str) -> bool:
+    """Return whether ``path`` (an OSError's filename, which may be None or bytes) lies in ``folder``."""
+    if not isinstance(path, str):
+        return False
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
 
 
 def _summary(arguments: argparse.Namespace) -> int:
@@ -234,7 +317,11 @@ def _summary(arguments: argparse.Namespace) -> int:
     if not os.path.isdir(arguments.report_dir):
         reason = "is not a folder" if os.path.exists(arguments.report_dir) else "not found"
         raise UsageError("DIR", arguments.report_dir, reason, "pass the report folder of a campaign")
-    print(write_summary(arguments.report_dir))
+    try:
+        path = write_summary(arguments.report_dir)
+    except WriteError as error:
+        raise _unwritable("DIR", arguments.report_dir, error) from None
+    print(path)
     return EXIT_OK
 
 
@@ -242,6 +329,7 @@ def _list(arguments: argparse.Namespace) -> int:
     from difftest._entry_points import entry_point_errors
     from difftest.registry import registered
 
+    rows = [("name", "target", "supports")]
     for name, implementation in sorted(registered().items()):
         supports = implementation.supports
         flags = [f"dtypes={','.join(sorted(supports.dtypes))}"]
@@ -254,10 +342,19 @@ def _list(arguments: argparse.Namespace) -> int:
             flags.append(f"{supports.error_model} error")
         if implementation.expected_to_fail:
             flags.append("known bad")
-        print(f"{name:<24} {implementation.target:<44} {'; '.join(flags)}")
+        rows.append((name, implementation.target or "-", "; ".join(flags)))
     for name, error in sorted(entry_point_errors().items()):
-        print(f"{name:<24} (entry point failed to load: {error})")
+        rows.append((name, "-", f"entry point failed to load: {error}"))
+    print(_columns(rows))
     return EXIT_OK
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    """Return rows as text columns as wide as their longest cell, two spaces apart, a rule under the first."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
 
 
 def _replay(arguments: argparse.Namespace) -> int:
@@ -267,10 +364,15 @@ def _replay(arguments: argparse.Namespace) -> int:
     if not paths:
         raise UsageError("PATH", " ".join(arguments.paths), "holds no report files (*.json)",
                          "pass report files or the folder holding them")
-    results = [replay_path(path) for path in paths]
+    with _stdout_to_stderr(arguments.json):
+        results = [replay_path(path) for path in paths]
+        unwritable = _rewrite_summaries(results)
+
     if arguments.json:
-        print(json.dumps([{"path": r.path, "status": r.status, "error": r.error,
-                           "verdict": r.outcome.verdict if r.outcome else None} for r in results], indent=2))
+        print(json.dumps([{"path": result.path, "status": result.status, "error": result.error,
+                           "verdict": result.outcome.verdict if result.outcome else None,
+                           "not_saved": str(result.write_error) if result.write_error is not None else None}
+                          for result in results], indent=2))
     else:
         for result in results:
             if result.status == "invalid":
@@ -279,10 +381,108 @@ def _replay(arguments: argparse.Namespace) -> int:
                 what = result.outcome.verdict
             else:
                 what = ""
+            if result.write_error is not None:
+                what += f" (status not saved: {result.write_error.reason})"
             print(f"{result.status:<11} {result.path}  {what}")
-    if any(result.status == "invalid" for result in results):
+
+    invalid = sum(result.status == "invalid" for result in results)
+    for folder, error in unwritable.items():
+        _print_error("replay", _unwritable("PATH", folder, error))
+    if invalid:
+        _print_error("replay", f"{invalid} of {len(results)} reports cannot be replayed (listed as invalid); "
+                               "correct the named fields or remove those files")
+    if invalid or unwritable:
         return EXIT_USAGE
     return EXIT_FAILURE if any(result.status == "reproduces" for result in results) else EXIT_OK
+
+
+def _rewrite_summaries(results: list[Any]) -> dict[str, WriteError]:
+    """Rewrite the summary page of each folder whose reports were replayed; return the folders that cannot be written.
+
+    Only a SUMMARY.md that difftest wrote is rewritten, so that replaying a
+    report copied next to a document of that name leaves the document alone.
+    """
+    from difftest.campaign import has_summary, write_summary
+
+    unwritable: dict[str, WriteError] = {}
+    for result in results:
+        if result.write_error is not None:
+            unwritable.setdefault(os.path.dirname(result.path) or os.curdir, result.write_error)
+    touched = {os.path.dirname(result.path) or os.curdir for result in results if result.status != "invalid"}
+    for folder in sorted(touched - set(unwritable)):
+        if not has_summary(folder):
+            continue
+        try:
+            write_summary(folder)
+        except WriteError as error:
+            unwritable[folder] = error
+    return unwritable
+
+
+def _print_error(command: str, error: Any) -> None:
+    print(f"difftest {command}: error: {error}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """Send everything written to standard output in the block to standard error, when ``enabled``.
+
+    Python's sys.stdout is swapped, and file descriptor 1 is pointed at file
+    descriptor 2 (os.dup2), so that output written straight to the descriptor
+    (C code, os.write, worker processes started in the block) moves too.
+    Both are restored afterwards, so a machine-readable result printed then is
+    the only thing on standard output.
+
+    NOTE: an isolation worker is forked from multiprocessing's fork server, and
+    inherits the fork server's descriptor 1. A fork server started before the
+    block, by an earlier run in the same Python process, still writes to the
+    real standard output.
+    """
+    if not enabled:
+        yield
+        return
+    original = sys.stdout
+    if original is not None:
+        original.flush()
+    saved = _point_stdout_at_stderr()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        # Flush what was written through handles kept from before the block,
+        # and C's stdio buffers, while descriptor 1 still points at stderr.
+        if original is not None:
+            original.flush()
+        sys.stderr.flush()
+        _flush_c_streams()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _point_stdout_at_stderr() -> Optional[int]:
+    """Point file descriptor 1 at descriptor 2; return a copy of the old descriptor 1, or None if there is none."""
+    try:
+        saved = os.dup(1)
+    except OSError:
+        # A daemon may have no descriptor 1. Python's stream is still swapped.
+        return None
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(saved)
+        return None
+    return saved
+
+
+def _flush_c_streams() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):
+        # Windows has no C library to load by that name. Python's own streams were flushed above.
+        pass
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -7,12 +7,16 @@ isolation subprocesses.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "DifftestError",
     "UsageError",
+    "SupportsError",
     "ReportError",
     "UnsupportedCaseError",
     "MemoryBudgetError",
+    "WriteError",
 ]
 
 
@@ -39,6 +43,23 @@ class UsageError(DifftestError):
         if self.fix:
             message += f". {self.fix}"
         return message
+
+
+class SupportsError(UsageError):
+    """An invalid entry in an implementation's declaration (``difftest_supports`` or a keyword of ``register``).
+
+    ``implementation`` is the implementation's name and ``name`` the declaration key.
+    The message is one line: ``implementation 'conv': groups='no' is invalid: reason. fix``.
+    """
+
+    def __init__(self, implementation: str, name: str, value: object, reason: str, fix: str = "") -> None:
+        super().__init__(name, value, reason, fix)
+        self.implementation = implementation
+        # Exception pickling calls the class with ``args``, so they follow this signature.
+        self.args = (implementation, name, value, reason, fix)
+
+    def __str__(self) -> str:
+        return f"implementation {self.implementation!r}: {super().__str__()}"
 
 
 class ReportError(DifftestError):
@@ -83,6 +104,27 @@ class MemoryBudgetError(DifftestError):
         return (f"case {self.case} needs an estimated {_byte_count(self.needed)} for its inputs, float64 truth and "
                 f"bound, more than the memory budget of {_byte_count(self.budget)}. "
                 "lower --max-elements or raise --memory-budget")
+
+
+class WriteError(DifftestError):
+    """A file cannot be written: its folder is missing, read-only, full or not a folder.
+
+    ``path`` is the file, ``folder`` the folder it was to go into and
+    ``reason`` the operating system's message (such as 'Permission denied').
+    Callers that know which option named the folder turn this into a UsageError.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(path, reason)
+
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}. make {self.folder} writable or write elsewhere"
 
 
 def _byte_count(count: int) -> str:

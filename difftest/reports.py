@@ -10,9 +10,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
+import re
+import shlex
 import sys
 import tempfile
 import uuid
@@ -22,10 +25,10 @@ import torch
 
 from difftest._atomic import write_atomic
 from difftest.case import ConvCase
-from difftest.errors import ReportError, UsageError
+from difftest.errors import ReportError, UsageError, WriteError
 from difftest.invalid import InvalidCall, InvalidOutcome, invalid_report_fields
 from difftest.registry import Implementation
-from difftest.runner import Outcome
+from difftest.runner import VERDICTS, Outcome
 
 __all__ = [
     "FORMAT",
@@ -36,9 +39,13 @@ __all__ = [
     "report_dict",
     "write_report",
     "load_report",
+    "check_report",
+    "STATUSES",
     "ensure_report_dir",
     "report_paths",
 ]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "difftest-report"
 VERSION = 1
@@ -56,6 +63,10 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "verdict": str,
     "status": str,
 }
+
+
+# A report is 'open' until a replay finds the implementation agrees with the truth, then 'fixed'.
+STATUSES = ("open", "fixed")
 
 
 def worker_id() -> str:
@@ -187,17 +198,25 @@ def write_report(report_dir: str, data: dict[str, Any]) -> tuple[str, str]:
 
     The script is written first, so a JSON report never points at a missing
     script. Writing the same failure twice gives the same names and the same
-    content, so two workers that find it do not collide.
+    content, so two workers that find it do not collide. When the folder
+    cannot be written, the report is logged as an error before UsageError or
+    WriteError is raised, so the failure found is not lost with the file.
     """
     from difftest.script import render_script
 
-    ensure_report_dir(report_dir)
     json_path, script_path = report_paths(report_dir, data)
     data = plain(data)
     data["script"] = os.path.basename(script_path)
-    data["reproduce"] = f"python {script_path}"
-    write_atomic(script_path, render_script(data), mode=0o755)
-    write_atomic(json_path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    # Quoted, so that a report folder with spaces or quotes in its path still gives a command that runs.
+    data["reproduce"] = f"python {shlex.quote(script_path)}"
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    try:
+        ensure_report_dir(report_dir)
+        write_atomic(script_path, render_script(data), mode=0o755)
+        write_atomic(json_path, text)
+    except (UsageError, WriteError) as error:
+        logger.error("cannot write the report %s (%s); its content follows:\n%s", json_path, error, text)
+        raise
     return json_path, script_path
 
 
@@ -242,6 +261,20 @@ def load_report(path: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ReportError(path, "(json)", f"is not valid JSON at line {error.lineno} column {error.colno}: "
                           f"{error.msg}") from None
+    check_report(data, path)
+    return data
+
+
+def check_report(data: Any, path: str) -> None:
+    """Check the fields of a report read from ``path``; raise ReportError naming the file and the first bad field.
+
+    Reports are often edited by hand, so every field a replay reads is
+    checked here: the verdict and status are known words, the case is a call
+    torch's conv2d accepts, and literal inputs have the case's shapes. Whether
+    the implementation imports and the device exists is checked when the
+    report is replayed (difftest.replay), because a report stays readable on a
+    machine without them.
+    """
     if not isinstance(data, dict):
         raise ReportError(path, "(json)", "is not a JSON object")
     invalid_call = data.get("invalid_call")
@@ -257,24 +290,119 @@ def load_report(path: str) -> dict[str, Any]:
         raise ReportError(path, "format", f"is {data['format']!r}, expected {FORMAT!r}")
     if data["version"] > VERSION:
         raise ReportError(path, "version", f"is {data['version']}, newer than this difftest reads ({VERSION})")
-    for field in ("name", "target"):
-        if not isinstance(data["implementation"].get(field), str) or not data["implementation"][field]:
-            raise ReportError(path, f"implementation.{field}", "is missing or not a string")
+    if data["verdict"] not in VERDICTS:
+        raise ReportError(path, "verdict", f"is {data['verdict']!r}, not a known verdict. use one of "
+                          f"{', '.join(VERDICTS)}")
+    if data["status"] not in STATUSES:
+        raise ReportError(path, "status", f"is {data['status']!r}, expected {' or '.join(map(repr, STATUSES))}")
+    _check_implementation(data["implementation"], path)
     if invalid_call is not None:
         try:
             InvalidCall.from_dict(invalid_call)
         except (UsageError, TypeError, ValueError, AttributeError) as error:
             raise ReportError(path, "invalid_call", f"is invalid: {error}") from None
-    else:
-        try:
-            ConvCase.from_dict(data["case"])
-        except (UsageError, TypeError, ValueError) as error:
-            raise ReportError(path, "case", f"is invalid: {error}") from None
+        return
+    case = _check_case(data["case"], path)
     inputs = data.get("inputs")
-    if inputs is not None and (not isinstance(inputs, dict) or not isinstance(inputs.get("input"), list)
-                               or not isinstance(inputs.get("weight"), list)):
-        raise ReportError(path, "inputs", "must hold the lists 'input' and 'weight'")
-    return data
+    if inputs is not None:
+        _check_inputs(inputs, case, path)
+
+
+def _check_implementation(recorded: dict[str, Any], path: str) -> None:
+    for field in ("name", "target"):
+        if not isinstance(recorded.get(field), str) or not recorded[field]:
+            raise ReportError(path, f"implementation.{field}", "is missing or not a string")
+    if not isinstance(recorded.get("isolate", False), bool):
+        raise ReportError(path, "implementation.isolate", f"is {recorded['isolate']!r}, expected true or false")
+    if not isinstance(recorded.get("supports") or {}, dict):
+        raise ReportError(path, "implementation.supports", f"has type {type(recorded['supports']).__name__}, "
+                          "expected an object")
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]+)?")
+
+
+def _check_case(fields: dict[str, Any], path: str) -> ConvCase:
+    """Return the report's case; raise ReportError where a field is invalid or torch's conv2d rejects the call."""
+    try:
+        case = ConvCase.from_dict(fields)
+    except (UsageError, TypeError, ValueError) as error:
+        raise ReportError(path, "case", f"is invalid: {error}") from None
+    # ConvCase leaves these unchecked, and a wrong one reaches torch as a raw error.
+    if not isinstance(case.seed, int) or isinstance(case.seed, bool) or case.seed < 0:
+        raise ReportError(path, "case.seed", f"is {case.seed!r}, expected an int of 0 or more")
+    for name in ("bias", "unbatched"):
+        if not isinstance(getattr(case, name), bool):
+            raise ReportError(path, f"case.{name}", f"is {getattr(case, name)!r}, expected true or false")
+    if not isinstance(case.device, str) or not _DEVICE.fullmatch(case.device):
+        raise ReportError(path, "case.device", f"is {case.device!r}, expected cpu, cuda or mps, "
+                          "with an optional :INDEX")
+    if not case.is_valid():
+        raise ReportError(path, "case", f"is not a call torch's conv2d accepts: {_rejection(case)}. "
+                          "restore the fields edited by hand")
+    return case
+
+
+def _rejection(case: ConvCase) -> str:
+    """Return why torch's conv2d rejects ``case``, in torch's words when running it on the case raises."""
+    from difftest._memory import default_memory_budget, estimate_case_bytes
+    from difftest.reference import reference
+    from difftest.values import make_inputs
+
+    budget = default_memory_budget()
+    try:
+        too_large = budget is not None and estimate_case_bytes(case) > budget
+    except ArithmeticError:
+        # A stride of 0 leaves the output size undefined, and torch's error says so.
+        too_large = False
+    if case.device != "cpu" or too_large:
+        return "ConvCase.is_valid is false"
+    try:
+        reference(case, make_inputs(case))
+    except Exception as error:  # any error of torch is the reason sought
+        return f"torch raises {type(error).__name__}: {_first_line(error)}"
+    return "ConvCase.is_valid is false"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_inputs(inputs: Any, case: ConvCase, path: str) -> None:
+    """Check that literal inputs hold finite numbers in the shapes of the case's input, weight and bias."""
+    if not isinstance(inputs, dict):
+        raise ReportError(path, "inputs", f"has type {type(inputs).__name__}, expected an object with the lists "
+                          "'input' and 'weight'")
+    unknown = sorted(set(inputs) - {"input", "weight", "bias"})
+    if unknown:
+        raise ReportError(path, f"inputs.{unknown[0]}", "is not a known field: expected input, weight and bias")
+    expected = {"input": tuple(case.input_shape), "weight": tuple(case.weight_shape)}
+    if case.bias:
+        expected["bias"] = (case.out_channels,)
+    elif inputs.get("bias") is not None:
+        raise ReportError(path, "inputs.bias", "is given, but the case has no bias (case.bias is false)")
+    for name, shape in expected.items():
+        values = inputs.get(name)
+        if values is None:
+            raise ReportError(path, f"inputs.{name}", f"is missing: the case needs a list of shape {shape}")
+        found = _literal_shape(values, f"inputs.{name}", (), path)
+        if found != shape:
+            raise ReportError(path, f"inputs.{name}", f"has shape {found}, but the case needs {shape}")
+
+
+def _literal_shape(values: Any, field: str, index: tuple[int, ...], path: str) -> tuple[int, ...]:
+    """Return the shape of nested lists of finite numbers; raise ReportError at a ragged list or a bad element."""
+    where = f" at {list(index)}" if index else ""
+    if isinstance(values, list):
+        shapes = [_literal_shape(item, field, index + (position,), path) for position, item in enumerate(values)]
+        if any(shape != shapes[0] for shape in shapes):
+            raise ReportError(path, field, f"is ragged{where}: its lists have different lengths")
+        return (len(values), *(shapes[0] if shapes else ()))
+    number = isinstance(values, (int, float)) and not isinstance(values, bool)
+    if not number or not math.isfinite(values):
+        raise ReportError(path, field, f"contains {values!r}{where}, expected finite numbers")
+    return ()
 
 
 def mark_status(path: str, data: dict[str, Any], status: str, outcome: Optional[Outcome] = None) -> None:

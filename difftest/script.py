@@ -14,7 +14,9 @@ _TEMPLATE = '''#!/usr/bin/env python3
 Rebuilds the exact inputs from the case below (no Hypothesis involved), runs
 the implementation and torch.nn.functional.conv2d, prints the comparison with
 the float64 truth, and exits with status 1 while the failure persists and 0
-once it is fixed. Needs difftest, torch and the implementation importable.
+once it is fixed. Needs difftest, torch and the implementation importable;
+exits with status 2 and one line naming the bad field when the report below
+cannot be replayed.
 """
 
 import sys
@@ -24,11 +26,16 @@ REPORT = {report}
 
 
 def main() -> int:
+    from difftest.errors import DifftestError
     from difftest.replay import replay_data
     from difftest.text import format_report
 
-    print(REPORT["case_call"])
-    outcome, data = replay_data(REPORT)
+    print(REPORT.get("case_call", ""))
+    try:
+        outcome, data = replay_data(REPORT, __file__)
+    except DifftestError as error:
+        print(f"error: {{error}}", file=sys.stderr)
+        return 2
     print(format_report(data))
     if outcome.passed:
         print("fixed: the implementation now agrees with the float64 truth")
@@ -43,7 +50,11 @@ if __name__ == "__main__":
 
 def render_script(data: dict[str, Any]) -> str:
     """Return the source of a script that reproduces the failure in ``data``."""
-    report = pprint.pformat(json.loads(json.dumps(data, default=str)), indent=1, width=100, sort_dicts=True)
+    from difftest.reports import plain
+
+    # plain() writes NaN and infinities as strings: pprint would write them as names Python does not define.
+    report = pprint.pformat(json.loads(json.dumps(plain(data), default=str)), indent=1, width=100,
+                            sort_dicts=True)
     return _TEMPLATE.format(
         name=data["implementation"]["name"],
         verdict=data["verdict"],

@@ -1,10 +1,20 @@
-"""The command line: list, exit statuses and one-line usage errors."""
+"""The command line: list, exit statuses, one-line usage errors and output that machines read."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
+
 import pytest
 
+from difftest.case import ConvCase
 from difftest.cli import main
+from difftest.registry import load, registered
+from difftest.reports import report_dict, write_report
+from difftest.runner import evaluate
 
 
 def _error_line(capsys):
@@ -117,3 +127,182 @@ def test_function_without_padding_gets_no_padding(tmp_path, capsys):
     status = main(["fuzz", "--impl", f"{source}:two", "--max-examples", "40", "--no-invalid", "--report-dir",
                    str(tmp_path / "reports")])
     assert status == 0, capsys.readouterr().out
+
+
+# Report folders that cannot be written -----------------------------------------------
+
+UNWRITABLE = "/proc/self"
+
+
+@pytest.mark.skipif(not os.path.isdir(UNWRITABLE), reason="needs Linux's /proc, where no file can be created")
+def test_summary_into_proc_one_line(capsys):
+    assert main(["summary", UNWRITABLE]) == 2
+    assert _error_line(capsys) == (
+        "difftest summary: error: DIR='/proc/self' is invalid: saving SUMMARY.md in it failed (No such file or "
+        "directory). pass a folder you can write to, or make this one writable")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only folder")
+def test_summary_read_only_folder_one_line(tmp_path, capsys):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        status = main(["summary", str(folder)])
+    finally:
+        folder.chmod(0o755)
+    assert status == 2
+    assert _error_line(capsys) == (
+        f"difftest summary: error: DIR='{folder}' is invalid: saving SUMMARY.md in it failed (Permission denied). "
+        "pass a folder you can write to, or make this one writable")
+
+
+def test_summary_denied_write_one_line(tmp_path, capsys, monkeypatch):
+    def deny(*arguments, **keywords):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("difftest._atomic.tempfile.mkstemp", deny)
+    assert main(["summary", str(tmp_path)]) == 2
+    assert _error_line(capsys) == (
+        f"difftest summary: error: DIR='{tmp_path}' is invalid: saving SUMMARY.md in it failed (Permission denied). "
+        "pass a folder you can write to, or make this one writable")
+    assert os.listdir(tmp_path) == []
+
+
+def test_summary_of_file_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["summary", str(blocker)]) == 2
+    assert _error_line(capsys) == (
+        f"difftest summary: error: DIR='{blocker}' is invalid: is not a folder. pass the report folder of a campaign")
+
+
+def test_summary_missing_parent_one_line(tmp_path, capsys):
+    missing = tmp_path / "no" / "such"
+    assert main(["summary", str(missing)]) == 2
+    assert _error_line(capsys) == (
+        f"difftest summary: error: DIR='{missing}' is invalid: not found. pass the report folder of a campaign")
+
+
+@pytest.mark.skipif(not os.path.isdir(UNWRITABLE), reason="needs Linux's /proc, where no file can be created")
+def test_fuzz_into_proc_one_line(capsys):
+    assert main(["fuzz", "--impl", "loop", "--report-dir", UNWRITABLE]) == 2
+    assert _error_line(capsys) == (
+        "difftest fuzz: error: --report-dir='/proc/self' is invalid: is not writable (No such file or directory). "
+        "pass a folder you can write to")
+
+
+def test_fuzz_missing_parents_created(tmp_path, capsys):
+    folder = tmp_path / "a" / "b" / "reports"
+    assert main(["fuzz", "--impl", "loop", "--max-examples", "3", "--no-invalid", "--no-replay", "--seed", "0",
+                 "--report-dir", str(folder)]) == 0
+    assert (folder / "SUMMARY.md").is_file()
+
+
+# --json output -----------------------------------------------------------------------
+
+PRINTING_IMPLEMENTATION = '''
+import os
+import torch.nn.functional as F
+
+
+def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    print("printed by the implementation")
+    os.write(1, b"written to descriptor 1 by the implementation\\n")
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+conv.difftest_supports = {"dtypes": {"float64"}}
+'''
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("isolation", ["--isolate", "--no-isolate"])
+def test_fuzz_json_stdout_holds_only_json(isolation, tmp_path):
+    source = tmp_path / "printing.py"
+    source.write_text(PRINTING_IMPLEMENTATION)
+    completed = subprocess.run(
+        [sys.executable, "-m", "difftest.cli", "fuzz", "--impl", f"{source}:conv", isolation, "--json",
+         "--max-examples", "5", "--seed", "0", "--no-invalid", "--report-dir", str(tmp_path / "reports")],
+        cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout)
+    assert [item["implementation"] for item in summary["implementations"]] == ["conv"]
+    assert summary["implementations"][0]["verdict"] == "pass"
+    assert "printed by the implementation" in completed.stderr
+    assert "written to descriptor 1 by the implementation" in completed.stderr
+
+
+def test_replay_json_stdout_holds_only_json(tmp_path):
+    source = tmp_path / "printing.py"
+    source.write_text(PRINTING_IMPLEMENTATION)
+    implementation = load(f"{source}:conv", isolate=False)
+    outcome = evaluate(implementation, ConvCase(dtype="float64"))
+    data = report_dict(outcome, implementation)
+    data["verdict"] = "mismatch"
+    json_path, _ = write_report(str(tmp_path / "reports"), data)
+    completed = subprocess.run([sys.executable, "-m", "difftest.cli", "replay", "--json", json_path],
+                               cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (result,) = json.loads(completed.stdout)
+    assert result["status"] == "fixed"
+    assert "written to descriptor 1 by the implementation" in completed.stderr
+
+
+def test_json_output_restores_stdout(tmp_path, capfd):
+    source = tmp_path / "printing.py"
+    source.write_text(PRINTING_IMPLEMENTATION)
+    assert main(["fuzz", "--impl", f"{source}:conv", "--no-isolate", "--json", "--max-examples", "3", "--seed",
+                 "0", "--no-invalid", "--report-dir", str(tmp_path / "reports")]) == 0
+    print("after the run")
+    captured = capfd.readouterr()
+    assert json.loads(captured.out.rsplit("after the run", 1)[0])["failed"] == 0
+    assert captured.out.endswith("after the run\n")
+    assert "written to descriptor 1 by the implementation" in captured.err
+
+
+# --timeout -------------------------------------------------------------------------
+
+def test_timeout_without_isolation_rejected(tmp_path, capsys):
+    assert main(["fuzz", "--impl", "loop", "--no-isolate", "--timeout", "5", "--report-dir", str(tmp_path)]) == 2
+    assert _error_line(capsys) == (
+        "difftest fuzz: error: --timeout=5.0 is invalid: --no-isolate runs every implementation in this process, "
+        "where a call cannot be stopped. drop --no-isolate to run calls in a worker process that the time limit "
+        "applies to, or drop --timeout")
+
+
+def test_timeout_on_in_process_builtin_warns(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="difftest.cli"):
+        assert main(["fuzz", "--impl", "loop", "--timeout", "5", "--max-examples", "2", "--no-invalid",
+                     "--no-replay", "--seed", "0", "--report-dir", str(tmp_path)]) == 0
+    assert [record.getMessage() for record in caplog.records if record.name == "difftest.cli"] == [
+        "--timeout 5 does not apply to implementations run in this process (loop); pass --isolate to time them"]
+
+
+# list ------------------------------------------------------------------------------
+
+def test_list_columns_fit_longest_target(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0]
+    target_start, supports_start = header.index("target"), header.index("supports")
+    assert header[:target_start].split() == ["name"]
+    implementations = registered()
+    rows = [line for line in lines[2:] if line.split()[0] in implementations]
+    assert len(rows) == len(implementations)
+    for line in rows:
+        name = line[:target_start].strip()
+        assert line[target_start:supports_start].strip() == implementations[name].target
+        assert line[supports_start - 2:supports_start] == "  "
+        assert line[supports_start:].startswith("dtypes=")
+    longest = max(len(implementation.target) for implementation in implementations.values())
+    assert supports_start - target_start == longest + 2
+
+
+def test_replay_help_states_exit_statuses(capsys):
+    assert main(["replay", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("Exit status: 2 when any report is invalid or a folder cannot be written, else 1 when any failure still "
+            "reproduces, else 0.") in text
+    assert "the other reports still replay" in text

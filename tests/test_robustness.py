@@ -10,6 +10,7 @@ worker processes.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import signal
@@ -34,7 +35,7 @@ from difftest.registry import load
 from difftest.replay import find_reports
 from difftest.reports import load_report, report_dict, write_report
 from difftest.runner import CaseContext, evaluate
-from difftest.values import Inputs, make_inputs
+from difftest.values import Inputs, literal_inputs, make_inputs
 from strategies import conv_cases
 from tests.wrong import broken
 
@@ -389,6 +390,185 @@ def test_edited_report_named_and_others_replay(tmp_path, capsys):
     assert status == 2
     assert f"invalid     {edited}  invalid report {edited}: field 'verdict' has type int, expected str" in lines
     assert sum(line.startswith("reproduces") for line in lines) == 2
+
+
+def swap_spatial_axes(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Transpose the output's spatial axes, wrong wherever the output is square and not symmetric."""
+    return conv2d(input, weight, bias, stride, padding, dilation, groups).transpose(-1, -2).contiguous()
+
+
+SQUARE = ConvCase(height=2, width=2, bias=True, dtype="float64")
+
+
+def _literal_report(folder) -> str:
+    """Write a mismatch report with literal inputs, as the reducer leaves them, and return its path."""
+    implementation = in_process(swap_spatial_axes)
+    outcome = evaluate(implementation, SQUARE)
+    assert outcome.verdict == "mismatch"
+    data = report_dict(outcome, implementation, inputs=literal_inputs(make_inputs(SQUARE)))
+    return write_report(str(folder), data)[0]
+
+
+def _edit(path, folder, name, change) -> str:
+    """Copy the report at ``path`` into ``folder`` as ``name``, changed by ``change``; return the copy's path."""
+    data = json.load(open(path))
+    change(data)
+    edited = os.path.join(str(folder), name)
+    with open(edited, "w") as stream:
+        json.dump(data, stream)
+    return edited
+
+
+EDITS = [
+    ("verdict", lambda data: data.update(verdict="swapped"),
+     "field 'verdict' is 'swapped', not a known verdict. use one of pass, mismatch, "),
+    ("status", lambda data: data.update(status="closed"), "field 'status' is 'closed', expected 'open' or 'fixed'"),
+    ("module", lambda data: data["implementation"].update(target="no_such_module_xyz:conv"),
+     "field 'implementation.target' is 'no_such_module_xyz:conv', which does not load: module 'no_such_module_xyz' "
+     "not found. make it importable here (install its package or add its folder to PYTHONPATH) or correct the "
+     "target to MODULE:FUNCTION or path/to/file.py:FUNCTION"),
+    ("function", lambda data: data["implementation"].update(target="math:pi"),
+     "field 'implementation.target' is 'math:pi', which does not load: pi is a float, not a function. "),
+    ("groups", lambda data: data["case"].update(groups=2),
+     "field 'case' is not a call torch's conv2d accepts: torch raises RuntimeError: Given groups=2, "),
+    ("channels", lambda data: data["case"].update(in_channels=3),
+     "field 'inputs.input' has shape (1, 1, 2, 2), but the case needs (1, 3, 2, 2)"),
+    ("weight", lambda data: data["inputs"].update(weight=[[[[1.0, 2.0]]]]),
+     "field 'inputs.weight' has shape (1, 1, 1, 2), but the case needs (1, 1, 1, 1)"),
+    ("bias", lambda data: data["inputs"].update(bias=None),
+     "field 'inputs.bias' is missing: the case needs a list of shape (1,)"),
+    ("padding", lambda data: data["case"].update(padding=[5, 5], padding_mode="reflect"),
+     "field 'case' is not a call torch's conv2d accepts: torch raises RuntimeError: Argument #4: Padding size "
+     "should be less than the corresponding input dimension"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", EDITS, ids=[edit[0] for edit in EDITS])
+def test_hand_edited_report_named_and_others_replay(name, change, message, tmp_path, capsys):
+    original = _literal_report(tmp_path)
+    good = _write_reports(tmp_path)
+    edited = _edit(original, tmp_path, f"edited-{name}.json", change)
+    before = open(edited).read()
+
+    status = main(["replay", str(tmp_path)])
+
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    invalid = [line for line in lines if line.startswith("invalid")]
+    assert status == 2
+    assert len(invalid) == 1
+    assert invalid[0].startswith(f"invalid     {edited}  invalid report {edited}: {message}")
+    assert "--impl" not in invalid[0]
+    assert sum(line.startswith("reproduces") for line in lines) == 3, captured.out
+    assert captured.err.splitlines() == [
+        "difftest replay: error: 1 of 4 reports cannot be replayed (listed as invalid); correct the named fields "
+        "or remove those files"]
+    assert open(edited).read() == before
+    assert {load_report(path)["status"] for path in [original, *good]} == {"open"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_report_for_absent_device_named(tmp_path, capsys):
+    edited = _edit(_literal_report(tmp_path), tmp_path, "cuda.json", lambda data: data["case"].update(device="cuda"))
+    assert main(["replay", edited]) == 2
+    assert capsys.readouterr().out == (
+        f"invalid     {edited}  invalid report {edited}: field 'case.device' is 'cuda', which this machine does not "
+        "have. replay the report on a machine with that device\n")
+
+
+def _now_correct(data) -> None:
+    data["implementation"]["target"] = f"{__name__}:conv2d"
+
+
+def test_replay_rewrites_summary(tmp_path, capsys):
+    good = _write_reports(tmp_path)
+    fixed = _edit(_literal_report(tmp_path), tmp_path, "now_correct.json", _now_correct)
+    main(["summary", str(tmp_path)])
+    assert "4 reports: 4 open, 0 fixed." in (tmp_path / "SUMMARY.md").read_text()
+
+    assert main(["replay", str(tmp_path)]) == 1
+
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "4 reports: 3 open, 1 fixed." in summary
+    assert f"| fixed | mismatch | " in summary
+    assert load_report(fixed)["status"] == "fixed"
+    assert {load_report(path)["status"] for path in good} == {"open"}
+
+
+def test_replay_leaves_other_summary_alone(tmp_path, capsys):
+    original = _literal_report(tmp_path)
+    _edit(original, tmp_path, "now_correct.json", _now_correct)
+    os.remove(original)
+    assert main(["replay", str(tmp_path)]) == 0
+    assert not (tmp_path / "SUMMARY.md").exists()
+
+    (tmp_path / "SUMMARY.md").write_text("# Contents\n\n- [Intro](intro.md)\n")
+    assert main(["replay", str(tmp_path)]) == 0
+    assert (tmp_path / "SUMMARY.md").read_text() == "# Contents\n\n- [Intro](intro.md)\n"
+
+
+def _deny_writes(monkeypatch) -> None:
+    def deny(*arguments, **keywords):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("difftest._atomic.tempfile.mkstemp", deny)
+
+
+def test_replay_unsaved_status_named(tmp_path, capsys, monkeypatch):
+    original = _literal_report(tmp_path)
+    fixed = _edit(original, tmp_path, "now_correct.json", _now_correct)
+    before = open(fixed).read()
+    _deny_writes(monkeypatch)
+
+    status = main(["replay", str(tmp_path)])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out.splitlines() == [
+        f"fixed       {fixed}  pass (status not saved: Permission denied)",
+        f"reproduces  {original}  mismatch (status not saved: Permission denied)"]
+    assert captured.err.splitlines() == [
+        f"difftest replay: error: PATH='{tmp_path}' is invalid: saving now_correct.json in it failed (Permission "
+        "denied). pass a folder you can write to, or make this one writable"]
+    assert open(fixed).read() == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only folder")
+def test_replay_read_only_folder_named(tmp_path, capsys):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    fixed = _edit(_literal_report(folder), folder, "now_correct.json", _now_correct)
+    before = open(fixed).read()
+    folder.chmod(0o500)
+    try:
+        status = main(["replay", str(folder)])
+    finally:
+        folder.chmod(0o755)
+    assert status == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"difftest replay: error: PATH='{folder}' is invalid: saving now_correct.json in it failed (Permission "
+        "denied). pass a folder you can write to, or make this one writable"]
+    assert open(fixed).read() == before
+
+
+def test_unwritable_folder_mid_run_keeps_findings(tmp_path, capsys, monkeypatch, caplog):
+    # The folder passes the check at the start; every later write fails, as when a disk fills up mid-run.
+    _deny_writes(monkeypatch)
+
+    status = main(["fuzz", "--impl", "im2col", "--impl", "unfold_transposed", "--max-examples", "20", "--seed",
+                   "1", "--no-invalid", "--no-replay", "--report-dir", str(tmp_path)])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out.splitlines()[2].split()[:3] == ["im2col", "20", "pass"]
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"difftest fuzz: error: --report-dir='{tmp_path}' is invalid: saving unfold_transposed--")
+    assert line.endswith("in it failed (Permission denied). pass a folder you can write to, or make this one "
+                         "writable")
+    (logged,) = [record.getMessage() for record in caplog.records if record.name == "difftest.reports"]
+    assert logged.startswith(f"cannot write the report {tmp_path}{os.sep}unfold_transposed--mismatch--")
+    assert json.loads(logged.split("its content follows:\n", 1)[1])["verdict"] == "mismatch"
+    assert [name for name in os.listdir(tmp_path) if not name.endswith(".png")] == []
 
 
 def test_temporary_files_not_replayed(tmp_path):
