@@ -242,6 +242,8 @@ def _fuzz(arguments: argparse.Namespace) -> int:
                 raise unsaved[0]
             try:
                 fuzz(implementations, options, on_result=on_result)
+            except UsageError as error:
+                raise _as_option(error) from None
             finally:
                 progress.close()
             summary_path = write_summary(arguments.report_dir)
@@ -258,6 +260,18 @@ def _fuzz(arguments: argparse.Namespace) -> int:
     _print_campaign(arguments, replays, finished, summary_path)
     reproduced = any(replay.status == "reproduces" for replay in replays)
     return EXIT_FAILURE if reproduced or any(result.failed for result in finished) else EXIT_OK
+
+
+# Options whose values reach the strategy under another name.
+_STRATEGY_OPTIONS = {"dtypes": "--dtype", "devices": "--device"}
+
+
+def _as_option(error: UsageError) -> UsageError:
+    """Return ``error`` naming the command-line option behind a strategy argument, such as --dtype for dtypes."""
+    option = _STRATEGY_OPTIONS.get(error.name)
+    if option is None:
+        return error
+    return UsageError(option, error.value, error.reason, error.fix.replace(f"pick {error.name} ", f"pass {option} "))
 
 
 def _timeout(arguments: argparse.Namespace, implementations: list[Any]) -> float:

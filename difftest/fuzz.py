@@ -403,17 +403,18 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
         first = outside[implementations[0].name]
         assert first is not None
         if len(implementations) == 1:
-            raise UsageError(first.name, first.value, f"{first.reason} of {implementations[0].name}", first.fix)
-        raise UsageError(first.name, first.value, "leaves nothing to generate for any selected implementation",
+            raise UsageError(first.name, ", ".join(first.requested), f"{implementations[0].name} {first.supported()}",
+                             f"pick {first.name} from {', '.join(first.allowed)}")
+        raise UsageError(first.name, ", ".join(first.requested), "no selected implementation supports it",
                          f"pick {first.name} that one of {', '.join(outside)} supports")
 
     results = []
     for implementation in implementations:
-        problem = outside[implementation.name]
-        if problem is not None:
+        narrowing = outside[implementation.name]
+        if narrowing is not None:
             result = ImplementationResult(implementation.name, verdict="skipped",
                                           expected_to_fail=implementation.expected_to_fail,
-                                          note=f"{problem.name}={problem.value!r} {problem.reason}")
+                                          note=f"{narrowing.supported()}, not {', '.join(narrowing.requested)}")
         else:
             result = fuzz_implementation(implementation, options)
         results.append(result)
@@ -422,9 +423,21 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
     return results
 
 
-def _outside_narrowing(implementation: Implementation, options: FuzzOptions) -> Optional[UsageError]:
-    """Return the error when the campaign's dtypes or devices leave nothing ``implementation`` supports."""
-    from strategies import check_narrowing
+@dataclass(frozen=True)
+class _Outside:
+    """A narrowing of the campaign (``name`` is 'dtypes' or 'devices') that leaves an implementation nothing."""
+
+    name: str
+    requested: tuple[str, ...]
+    allowed: tuple[str, ...]
+
+    def supported(self) -> str:
+        return f"supports {self.name} {', '.join(self.allowed)} only"
+
+
+def _outside_narrowing(implementation: Implementation, options: FuzzOptions) -> Optional[_Outside]:
+    """Return the narrowing when the campaign's dtypes or devices leave nothing ``implementation`` supports."""
+    from strategies import available_devices, check_narrowing
 
     narrowing = {key: value for key, value in options.strategy.items() if key in ("dtypes", "devices")}
     if not narrowing:
@@ -432,7 +445,11 @@ def _outside_narrowing(implementation: Implementation, options: FuzzOptions) -> 
     try:
         check_narrowing(implementation.supports, **narrowing)
     except UsageError as error:
-        if error.name in narrowing:
-            return error
-        raise
+        if error.name not in narrowing:
+            raise
+        requested = narrowing[error.name]
+        requested = (requested,) if isinstance(requested, str) else tuple(requested)
+        supports = implementation.supports
+        allowed = supports.dtypes if error.name == "dtypes" else supports.devices & set(available_devices())
+        return _Outside(error.name, requested, tuple(sorted(allowed)))
     return None

@@ -102,7 +102,7 @@ def test_cli_fuzz_summary_table(tmp_path, capsys):
     output = capsys.readouterr().out
     assert status == 1
     lines = output.splitlines()
-    assert lines[0].split() == ["implementation", "examples", "verdict", "seconds", "report"]
+    assert lines[0].split() == ["implementation", "examples", "shrinks", "verdict", "seconds", "report"]
     assert any(line.startswith("unfold_transposed") and "FAIL (mismatch), known bad" in line for line in lines)
     assert any(line.startswith("im2col") and " pass " in line for line in lines)
 
@@ -138,16 +138,32 @@ def test_dtype_narrowing_skips_unsupporting_implementations(tmp_path):
     assert loop.verdict == "skipped"
     assert not loop.failed
     assert loop.examples == 0
-    assert "float16" in loop.note
+    assert loop.note == "supports dtypes float32, float64 only, not float16"
     assert half.verdict == "pass"
     assert half.examples == 10
 
 
 def test_dtype_narrowing_with_one_implementation_names_it(tmp_path):
-    with pytest.raises(difftest.UsageError, match="dtypes=.*float16.*loop"):
+    with pytest.raises(difftest.UsageError, match="dtypes='float16' is invalid: loop supports dtypes float32, float64"):
         _fuzz(["loop"], tmp_path, max_examples=10, strategy={"dtypes": ["float16"]})
 
 
 def test_dtype_narrowing_supported_by_none(tmp_path):
-    with pytest.raises(difftest.UsageError, match="for any selected implementation"):
+    with pytest.raises(difftest.UsageError, match="no selected implementation supports it"):
         _fuzz(["loop", "im2col"], tmp_path, max_examples=10, strategy={"dtypes": ["float16"]})
+
+
+def test_cli_names_dtype_option(tmp_path, capsys):
+    status = main(["fuzz", "--impl", "loop", "--dtype", "float16", "--report-dir", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("difftest fuzz: error: --dtype='float16' is invalid: loop supports dtypes")
+
+
+def test_cli_table_lists_skipped(tmp_path, capsys):
+    status = main(["fuzz", "--impl", "loop", "--impl", "half_fp32_accumulate", "--dtype", "float16",
+                   "--max-examples", "5", "--no-invalid", "--report-dir", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert status == 0
+    assert any(line.startswith("loop") and " skipped " in line for line in output.splitlines())
+    assert "skipped loop: supports dtypes float32, float64 only, not float16" in output
