@@ -35,8 +35,13 @@ command line                    ini key                 environment
 --difftest-no-isolate           difftest_no_isolate     DIFFTEST_NO_ISOLATE=1
 ==============================  ======================  =========================
 
+Bad values, implementations that cannot be loaded and report folders that
+cannot be written stop the run when pytest starts, before any xdist worker
+does: one ``ERROR:`` line names the option and the value, and pytest exits
+with its usage-error status (4).
+
 ``--difftest-max-examples`` counts per item. A relative report folder is
-taken relative to pytest's rootdir. ``--difftest-seed`` makes every item
+taken relative to pytest's rootdir and created when missing. ``--difftest-seed`` makes every item
 repeatable but, as Hypothesis's ``@seed`` does, turns the example database
 off. In an xdist worker each item runs torch on one thread unless
 ``--difftest-threads`` says otherwise: with a thread per core in every
@@ -65,6 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -73,7 +79,7 @@ import pytest
 
 import difftest.profiles  # noqa: F401  (registers the profiles before Hypothesis's plugin loads one)
 from difftest.case import DTYPES, ConvCase
-from difftest.errors import DifftestError, UsageError
+from difftest.errors import DifftestError, SupportsError, UsageError
 from difftest.registry import Implementation
 
 __all__ = ["DifftestFinding", "Checker", "PluginSettings", "settings_from_config", "difftest_check"]
@@ -124,6 +130,14 @@ _OPTIONS = (
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+# An isolated call waits for its worker with multiprocessing.connection.wait,
+# which on Linux hands poll(2) the timeout in milliseconds as a C int and
+# raises OverflowError above 2**31 - 1 ms (about 24.8 days).
+_MAX_TIMEOUT = (2**31 - 1) // 1000
+
+# torch.set_num_threads takes a C int and raises ValueError above this.
+_MAX_THREADS = 2**31 - 1
+
 
 @dataclass
 class PluginSettings:
@@ -136,6 +150,7 @@ class PluginSettings:
     profile: str = "difftest-dev"
     report_dir: str = "reports"
     report_dir_given: bool = False
+    report_dir_source: str = "--difftest-report-dir"
     dtypes: list[str] = field(default_factory=list)
     regions: list[str] = field(default_factory=list)
     timeout: float = 60.0
@@ -176,7 +191,13 @@ def _raw_value(config: pytest.Config, option: _Option) -> tuple[Any, str]:
         if option.kind == "list":
             return [part for part in text.replace(",", " ").split() if part], option.env
         return text, option.env
-    value = config.getini(option.ini)
+    try:
+        value = config.getini(option.ini)
+    except (ValueError, pytest.UsageError) as error:
+        # pytest parses a bool ini value itself. Its error (UsageError in
+        # pytest 9.2, the parser's bare ValueError where pytest does not wrap
+        # it) names neither the key nor the choices.
+        raise pytest.UsageError(f"{option.ini} is invalid: {error}. use true or false") from None
     if value in ("", [], False, None):
         return None, option.ini
     return value, option.ini
@@ -190,21 +211,32 @@ def _convert(option: _Option, value: Any, source: str) -> Any:
             number = int(value)
             if number < (0 if option.name == "seed" else 1):
                 raise ValueError
+            if option.name == "threads" and number > _MAX_THREADS:
+                raise ValueError
             return number
         if option.kind == "float":
             seconds = float(value)
-            if not seconds > 0:
+            if not (math.isfinite(seconds) and 0 < seconds <= _MAX_TIMEOUT):
                 raise ValueError
             return seconds
     except ValueError:
-        expected = {"int": "an integer of 0 or more" if option.name == "seed" else "a positive integer",
-                    "float": "a number of seconds above 0"}[option.kind]
-        raise pytest.UsageError(f"{source}={value!r} is invalid: expected {expected}") from None
+        raise pytest.UsageError(f"{source}={value!r} is invalid: expected {_expected(option)}") from None
     if option.kind == "flag" and isinstance(value, str):
         if value.strip().lower() not in _TRUE | _FALSE:
             raise pytest.UsageError(f"{source}={value!r} is invalid: expected 1 or 0")
         return value.strip().lower() in _TRUE
     return value
+
+
+def _expected(option: _Option) -> str:
+    """Return what a valid value of a numeric option is, for its error message."""
+    if option.name == "seed":
+        return "an integer of 0 or more"
+    if option.name == "threads":
+        return f"a positive integer of at most {_MAX_THREADS}"
+    if option.kind == "float":
+        return f"a number of seconds above 0 and at most {_MAX_TIMEOUT} (about 24 days)"
+    return "a positive integer"
 
 
 def settings_from_config(config: pytest.Config) -> PluginSettings:
@@ -228,6 +260,7 @@ def settings_from_config(config: pytest.Config) -> PluginSettings:
     settings.threads = values["threads"]
     if values["report_dir"]:
         settings.report_dir, settings.report_dir_given = values["report_dir"], True
+    settings.report_dir_source = sources["report_dir"]
     settings.report_dir = os.path.join(str(config.rootpath), os.path.expanduser(settings.report_dir))
 
     _check(settings, sources)
@@ -253,6 +286,9 @@ def _check(settings: PluginSettings, sources: dict[str, str]) -> None:
 
 def _usage_error(source: str, value: Any, error: DifftestError) -> pytest.UsageError:
     """Return pytest's usage error for a bad option value, naming the flag, ini key or variable it came from."""
+    if isinstance(error, SupportsError):
+        # The error is about the implementation's declaration, not about the option's value itself.
+        return pytest.UsageError(f"{source}={value!r}: {error}")
     if isinstance(error, UsageError):
         fix = f". {error.fix}" if error.fix else ""
         return pytest.UsageError(f"{source}={value!r} is invalid: {error.reason}{fix}")
@@ -260,11 +296,68 @@ def _usage_error(source: str, value: Any, error: DifftestError) -> pytest.UsageE
 
 
 _SETTINGS = pytest.StashKey[PluginSettings]()
+_IMPLEMENTATIONS = pytest.StashKey["list[Implementation]"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "difftest: a replay or search item added by the difftest plugin")
-    config.stash[_SETTINGS] = settings_from_config(config)
+    settings = settings_from_config(config)
+    config.stash[_SETTINGS] = settings
+    # Every bad value must be found here, before pytest-xdist starts its
+    # workers: the controller collects nothing under -n, and a worker's
+    # usage error during collection reaches the user as "no tests ran" or
+    # an internal error, without the message.
+    if settings.active:
+        config.stash[_IMPLEMENTATIONS] = _load_implementations(settings)
+    _check_report_dir(settings)
+
+
+def _check_report_dir(settings: PluginSettings) -> None:
+    """Create the report folder of an active run and check that it is writable; raise pytest's usage error if not.
+
+    The error shows the folder's full path, because a relative one is taken
+    relative to the rootdir, not the working directory. An idle run (no
+    implementation named) only rejects a path that exists and is not a
+    folder, so that naming a folder in the ini file does not create it in
+    every plain pytest run.
+    """
+    from difftest.reports import ensure_report_dir
+
+    path = settings.report_dir
+    if settings.active:
+        try:
+            ensure_report_dir(path)
+        except DifftestError as error:
+            raise _usage_error(settings.report_dir_source, path, error) from None
+    elif settings.report_dir_given and os.path.exists(path) and not os.path.isdir(path):
+        raise pytest.UsageError(f"{settings.report_dir_source}={path!r} is invalid: is a file, not a folder. "
+                                "pass a folder you can write to")
+
+
+def _load_implementations(settings: PluginSettings) -> list[Implementation]:
+    """Load every named implementation once, checking that no two share a name (their items would clash)."""
+    implementations = [_load(spec, settings) for spec in dict.fromkeys(settings.impls)]
+    names: dict[str, str] = {}
+    for implementation in implementations:
+        other = names.setdefault(implementation.name, implementation.target)
+        if other != implementation.target:
+            raise pytest.UsageError(
+                f"{settings.impl_source}: {other} and {implementation.target} are both named "
+                f"{implementation.name!r}, so their items would share names. Give one a "
+                "difftest_supports = {'name': ...} declaration")
+    return implementations
+
+
+def _load(spec: str, settings: PluginSettings) -> Implementation:
+    from difftest.registry import load
+
+    try:
+        implementation = load(spec)
+    except DifftestError as error:
+        raise _usage_error(settings.impl_source, spec, error) from None
+    if settings.isolate is not None:
+        implementation = dataclasses.replace(implementation, isolate=settings.isolate)
+    return implementation
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[str]:
@@ -296,16 +389,8 @@ class _Campaign(pytest.Collector):
         from difftest.reports import load_report
 
         settings = self.config.stash[_SETTINGS]
-        implementations = [self._load(spec, settings) for spec in dict.fromkeys(settings.impls)]
+        implementations = self.config.stash[_IMPLEMENTATIONS]
         by_target = {implementation.target: implementation for implementation in implementations}
-        names: dict[str, str] = {}
-        for implementation in implementations:
-            other = names.setdefault(implementation.name, implementation.target)
-            if other != implementation.target:
-                raise pytest.UsageError(
-                    f"{settings.impl_source}: {other} and {implementation.target} are both named "
-                    f"{implementation.name!r}, so their items would share names. Give one a "
-                    "difftest_supports = {'name': ...} declaration")
 
         if settings.replay:
             for path in open_reports(settings.report_dir, implementations):
@@ -328,18 +413,6 @@ class _Campaign(pytest.Collector):
                                                 implementation=implementation, dtype=dtype, region=region,
                                                 strategy={**strategy, "dtypes": (dtype,)}, check_invalid=first)
                     first = False
-
-    @staticmethod
-    def _load(spec: str, settings: PluginSettings) -> Implementation:
-        from difftest.registry import load
-
-        try:
-            implementation = load(spec)
-        except DifftestError as error:
-            raise _usage_error(settings.impl_source, spec, error) from None
-        if settings.isolate is not None:
-            implementation = dataclasses.replace(implementation, isolate=settings.isolate)
-        return implementation
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -527,7 +600,7 @@ class Checker:
         raise DifftestFinding(format_report(data) + where)
 
     def _resolve(self, implementation: Any, supports: dict[str, Any]) -> Implementation:
-        from difftest.registry import load, register
+        from difftest.registry import declared_supports, load, register
 
         if isinstance(implementation, Implementation):
             return implementation
@@ -537,9 +610,10 @@ class Checker:
             if isinstance(implementation, str):
                 resolved = load(implementation, **supports)
             elif callable(implementation):
-                declared = {**(getattr(implementation, "difftest_supports", {}) or {}), **supports}
+                label = getattr(implementation, "__name__", "implementation")
+                declared = {**declared_supports(implementation, label), **supports}
                 declared.pop("isolate", None)
-                name = declared.pop("name", None) or getattr(implementation, "__name__", "implementation")
+                name = declared.pop("name", None) or label
                 resolved = register(name, implementation, **declared)
             else:
                 raise TypeError(f"difftest_check: implementation={implementation!r} is not a registered name, "

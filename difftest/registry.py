@@ -5,6 +5,10 @@ An implementation is any callable with the calling convention of
 
     conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
 
+Keyword-only parameters (after ``*``) and ``**kwargs`` receive their
+arguments by keyword (see :meth:`Implementation.call`). A function without
+one of conv2d's parameters gets only cases where that option has its default.
+
 Register it in Python with :func:`register`, or name it on the command line as
 ``module:function`` or ``path/to/file.py:function`` (see :func:`load`).
 What it supports is declared once, as keyword arguments of :func:`register`,
@@ -24,13 +28,15 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import math
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from difftest.case import DTYPES, LAYOUTS, PADDING_MODES, VALUE_KINDS, ConvCase
-from difftest.errors import UsageError
+from difftest.errors import SupportsError, UsageError
 
 __all__ = [
     "Implementation",
@@ -41,9 +47,14 @@ __all__ = [
     "get",
     "load",
     "import_target",
+    "declared_supports",
+    "DEVICES",
     "PADDING_FORMS",
     "ERROR_MODELS",
 ]
+
+# Device types an implementation can declare. A case on "cuda:1" counts as "cuda".
+DEVICES = ("cpu", "cuda", "mps")
 
 # Ways padding can be passed: one int for both axes, a per-axis pair, or a string.
 PADDING_FORMS = ("int", "pair", "valid", "same")
@@ -56,17 +67,37 @@ ERROR_MODELS = ("elementwise", "normwise")
 # The parameters of torch.nn.functional.conv2d, in order.
 CONV2D_PARAMETERS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 
+# Boolean fields of Supports, each true when non-default values of that option are supported.
+_BOOLEAN_OPTIONS = ("stride", "dilation", "groups", "bias", "unbatched")
 
-def _frozen(name: str, values: Iterable[str], allowed: tuple[str, ...]) -> frozenset[str]:
+# Keys a difftest_supports dict may hold besides the fields of Supports.
+_DECLARATION_KEYS = ("name", "isolate", "description", "expected_to_fail")
+
+
+def _frozen(name: str, values: Any, allowed: tuple[str, ...]) -> frozenset[str]:
+    """Return ``values`` as a set of names from ``allowed``. A single name may also be passed as a string."""
+    example = f"for example {name}={{{allowed[0]!r}}}"
     if isinstance(values, str):
-        values = {values}
+        values = (values,)
+    if not isinstance(values, (list, tuple, set, frozenset)):
+        raise UsageError(name, values, f"expected a list, tuple or set of names, got {type(values).__name__}",
+                         example)
+    for value in values:
+        if not isinstance(value, str):
+            raise UsageError(name, values, f"contains {value!r} of type {type(value).__name__}, not a name",
+                             f"use names from {', '.join(allowed)}")
     result = frozenset(values)
     unknown = sorted(result - set(allowed))
     if unknown:
-        raise UsageError(name, unknown[0], f"expected values from {', '.join(allowed)}")
+        raise UsageError(name, unknown[0], "unknown name", f"use names from {', '.join(allowed)}")
     if not result:
-        raise UsageError(name, set(), "expected at least one value", f"pass for example {name}={{{allowed[0]!r}}}")
+        raise UsageError(name, set(), "expected at least one value", example)
     return result
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise UsageError(name, value, f"expected a bool, got {type(value).__name__}", "use True or False")
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,11 @@ class Supports:
     (``stride=False`` means only stride 1). ``error_model`` chooses the error
     bound (see difftest.tolerance) and ``tolerance_factor`` widens it by a
     stated factor that reports show.
+
+    Every field is checked on construction, and an invalid one raises
+    UsageError: booleans must be ``bool``, name fields a list, tuple or set
+    of known names (or one name as a string), and ``tolerance_factor`` a
+    finite number of at least 1.
     """
 
     dtypes: frozenset[str] = frozenset(DTYPES)
@@ -95,20 +131,25 @@ class Supports:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtypes", _frozen("dtypes", self.dtypes, DTYPES))
-        object.__setattr__(self, "devices", frozenset({self.devices} if isinstance(self.devices, str) else self.devices))
+        object.__setattr__(self, "devices", _frozen("devices", self.devices, DEVICES))
+        for option in _BOOLEAN_OPTIONS:
+            _check_bool(option, getattr(self, option))
         object.__setattr__(self, "padding_forms", _frozen("padding_forms", self.padding_forms, PADDING_FORMS))
         object.__setattr__(self, "padding_modes", _frozen("padding_modes", self.padding_modes, PADDING_MODES))
         object.__setattr__(self, "layouts", _frozen("layouts", self.layouts, LAYOUTS))
         object.__setattr__(self, "value_kinds", _frozen("value_kinds", self.value_kinds, VALUE_KINDS))
         if "zeros" not in self.padding_modes:
-            raise UsageError("padding_modes", sorted(self.padding_modes), "must include 'zeros'")
+            raise UsageError("padding_modes", sorted(self.padding_modes), "must include 'zeros'",
+                             "add 'zeros', the padding of every implementation")
         if "contiguous" not in self.layouts:
-            raise UsageError("layouts", sorted(self.layouts), "must include 'contiguous'")
-        if self.error_model not in ERROR_MODELS:
-            raise UsageError("error_model", self.error_model, f"expected one of {', '.join(ERROR_MODELS)}")
-        if not isinstance(self.tolerance_factor, (int, float)) or not self.tolerance_factor >= 1:
-            raise UsageError("tolerance_factor", self.tolerance_factor, "expected a number of at least 1",
-                             "a factor widens the bound; it never narrows it")
+            raise UsageError("layouts", sorted(self.layouts), "must include 'contiguous'",
+                             "add 'contiguous', the layout of every implementation")
+        if not isinstance(self.error_model, str) or self.error_model not in ERROR_MODELS:
+            raise UsageError("error_model", self.error_model, f"expected one of {', '.join(ERROR_MODELS)}",
+                             "use 'elementwise' for direct summation or 'normwise' for FFT or Winograd")
+        if not _is_factor(self.tolerance_factor):
+            raise UsageError("tolerance_factor", self.tolerance_factor, "expected a finite number of at least 1",
+                             "a factor widens the bound and never narrows it, so use 1 or more")
 
     def rejects(self, case: ConvCase) -> str | None:
         """Return why ``case`` lies outside this space, or None when it is inside."""
@@ -137,6 +178,13 @@ class Supports:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         return {key: sorted(value) if isinstance(value, frozenset) else value for key, value in data.items()}
+
+
+def _is_factor(value: Any) -> bool:
+    """Return whether ``value`` is a finite real number of at least 1 (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value) and value >= 1
 
 
 def _padding_form(case: ConvCase) -> str:
@@ -168,37 +216,86 @@ class Implementation:
     description: str = ""
 
     @functools.cached_property
-    def _positional_arguments(self) -> int:
+    def _plan(self) -> _CallPlan:
         # inspect.signature takes tens of microseconds: pay it once, not on every call.
-        return _positional_count(self.function)
+        return _call_plan(self.function)
 
     def call(self, input: Any, weight: Any, bias: Any, case: ConvCase) -> Any:
-        """Call the implementation on ``case`` with conv2d's calling convention."""
+        """Call the implementation on ``case`` with conv2d's calling convention.
+
+        Arguments go by position while the function has positional slots
+        for them, then by keyword to its parameters of conv2d's names
+        (keyword-only ones among them) or to its ``**kwargs``. An argument
+        the function cannot take is left out. ``padding_mode`` goes by
+        keyword, and only for a mode other than 'zeros'.
+        """
+        plan = self._plan
         arguments = (input, weight, bias, case.stride, case.padding_argument, case.dilation, case.groups)
-        count = self._positional_arguments
         keywords: dict[str, Any] = {}
+        for index, name in plan.keywords:
+            keywords[name] = arguments[index]
         if case.padding_mode != "zeros":
             keywords["padding_mode"] = case.padding_mode
-        return self.function(*arguments[:count], **keywords)
+        return self.function(*arguments[:plan.positional], **keywords)
 
 
-def _positional_count(function: Callable[..., Any]) -> int:
-    """Return how many of conv2d's positional arguments ``function`` takes.
+@dataclass(frozen=True)
+class _CallPlan:
+    """The routing of conv2d's arguments to one function.
 
-    NOTE: keyword-only parameters (after ``*``) are not counted and never
-    passed, so such a function is called as if it lacked them.
+    The first ``positional`` arguments go by position. ``keywords`` pairs the
+    index of each argument passed by keyword with its name.
+    ``unpassed_required`` names the function's required parameters that
+    some call would leave without a value.
     """
+
+    positional: int
+    keywords: tuple[tuple[int, str], ...] = ()
+    takes_padding_mode: bool = True
+    unpassed_required: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> frozenset[str]:
+        """The names of the conv2d parameters that reach the function."""
+        return frozenset(CONV2D_PARAMETERS[:self.positional]) | {name for _, name in self.keywords}
+
+
+def _call_plan(function: Callable[..., Any]) -> _CallPlan:
+    """Derive from ``function``'s signature how each of conv2d's arguments reaches it."""
     try:
-        signature = inspect.signature(function)
+        parameters = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):
-        return len(CONV2D_PARAMETERS)
-    count = 0
-    for parameter in signature.parameters.values():
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            return len(CONV2D_PARAMETERS)
-        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
-            count += 1
-    return min(count, len(CONV2D_PARAMETERS))
+        # A builtin without a signature, such as torch's own conv2d, is taken to have conv2d's.
+        return _CallPlan(positional=len(CONV2D_PARAMETERS))
+    kind = inspect.Parameter
+    slots = [p for p in parameters if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
+    variadic = any(p.kind is kind.VAR_POSITIONAL for p in parameters)
+    any_keyword = any(p.kind is kind.VAR_KEYWORD for p in parameters)
+    keyword_only = {p.name for p in parameters if p.kind is kind.KEYWORD_ONLY}
+
+    # The positional prefix ends at the first argument without a slot. *args
+    # is a slot for every argument that is not a keyword-only parameter too.
+    positional = 0
+    for name in CONV2D_PARAMETERS:
+        if positional >= len(slots) and not (variadic and name not in keyword_only):
+            break
+        positional += 1
+
+    # A slot that received a positional argument cannot take a keyword as well.
+    filled = {p.name for p in slots[:positional]}
+    named = {p.name for p in parameters if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)} - filled
+
+    def takes(name: str) -> bool:
+        return name in named or (any_keyword and name not in filled)
+
+    keywords = tuple((index, name) for index, name in enumerate(CONV2D_PARAMETERS)
+                     if index >= positional and takes(name))
+    passed = filled | {name for _, name in keywords}
+    unpassed_required = tuple(
+        p.name for p in parameters
+        if p.default is p.empty and p.kind not in (kind.VAR_POSITIONAL, kind.VAR_KEYWORD)
+        and p.name not in passed)
+    return _CallPlan(positional, keywords, takes("padding_mode"), unpassed_required)
 
 
 def _signature_problem(function: Any) -> tuple[str, str] | None:
@@ -210,13 +307,57 @@ def _signature_problem(function: Any) -> tuple[str, str] | None:
         kind = type(function).__name__
         article = "an" if kind[:1].lower() in "aeiou" else "a"
         return f"is {article} {kind}, not a function", name_a_function
-    count = _positional_count(function)
-    if count < 2:
+    plan = _call_plan(function)
+    if not {"input", "weight"} <= plan.passed:
+        count = plan.positional
         plural = "" if count == 1 else "s"
         return (f"takes {count} positional argument{plural}, but an implementation takes at least 2 (input, weight)",
                 "give it the signature of torch.nn.functional.conv2d: "
                 "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)")
+    if plan.unpassed_required:
+        return (f"requires the parameter {plan.unpassed_required[0]!r}, which the conv2d calling convention does "
+                "not always pass",
+                "give it a default value (difftest passes input, weight, bias, stride, padding, dilation and groups, "
+                "and padding_mode only for modes other than 'zeros')")
     return None
+
+
+def declared_supports(function: Any, implementation: str) -> dict[str, Any]:
+    """Return a copy of ``function``'s ``difftest_supports`` dict, or {} when it has none.
+
+    Raises SupportsError naming ``implementation`` when the attribute is not
+    a dict with string keys. The values are checked when the dict is passed
+    on to :func:`register`.
+    """
+    declared = getattr(function, "difftest_supports", None)
+    if declared is None:
+        return {}
+    example = "for example difftest_supports = {'dtypes': {'float32'}, 'groups': False}"
+    if not isinstance(declared, Mapping):
+        raise SupportsError(implementation, "difftest_supports", declared,
+                            f"expected a dict, got {type(declared).__name__}", example)
+    for key in declared:
+        if not isinstance(key, str):
+            raise SupportsError(implementation, "difftest_supports", dict(declared),
+                                f"has the key {key!r}, which is not an option name", example)
+    return dict(declared)
+
+
+def _supports(implementation: str, options: dict[str, Any]) -> Supports:
+    """Build Supports from ``options``, naming ``implementation`` in any error."""
+    try:
+        return Supports(**options)
+    except SupportsError:
+        raise
+    except UsageError as error:
+        raise SupportsError(implementation, error.name, error.value, error.reason, error.fix) from None
+
+
+def _check_keys(implementation: str, declared: Mapping[str, Any], known: Iterable[str]) -> None:
+    known = tuple(known)
+    for key, value in declared.items():
+        if key not in known:
+            raise SupportsError(implementation, key, value, "unknown option", f"use one of {', '.join(known)}")
 
 
 def _infer_supports(name: str, function: Callable[..., Any], declared: dict[str, Any]) -> Supports:
@@ -225,39 +366,28 @@ def _infer_supports(name: str, function: Callable[..., Any], declared: dict[str,
     if problem is not None:
         described = f"{getattr(function, '__module__', '')}:{getattr(function, '__qualname__', '')}"
         raise UsageError("function", described if described != ":" else repr(function), *problem)
-    count = _positional_count(function)
-    present = set(CONV2D_PARAMETERS[:count])
+    _check_keys(name, declared, (option.name for option in dataclasses.fields(Supports)))
+    # Check the declaration on its own first, so a bad value is reported as written.
+    checked = _supports(name, declared)
+
+    plan = _call_plan(function)
     inferred: dict[str, Any] = {}
     for option in ("bias", "stride", "dilation", "groups"):
-        if option not in present:
+        if option not in plan.passed:
             inferred[option] = False
-    if "padding" not in present:
+    if "padding" not in plan.passed:
         # 'valid' is zero padding, the default of a function without the parameter.
         inferred["padding_forms"] = {"valid"}
-    if "padding_modes" in declared and set(declared["padding_modes"]) != {"zeros"}:
-        if not _accepts_keyword(function, "padding_mode"):
-            raise UsageError("padding_modes", sorted(declared["padding_modes"]),
-                             f"{name} takes no padding_mode keyword argument",
-                             "add a padding_mode parameter or declare only padding_modes={'zeros'}")
+    if checked.padding_modes != {"zeros"} and not plan.takes_padding_mode:
+        raise SupportsError(name, "padding_modes", sorted(checked.padding_modes),
+                            "the function takes no padding_mode keyword argument",
+                            "add a padding_mode parameter or declare only padding_modes={'zeros'}")
     for key, value in inferred.items():
         if declared.get(key, value) not in (value, False) and key != "padding_forms":
-            raise UsageError(key, declared[key], f"{name} takes no {key} parameter",
-                             f"add the parameter or drop {key}= from the declaration")
+            raise SupportsError(name, key, declared[key], f"the function takes no {key} parameter",
+                                f"add the parameter or drop {key}= from the declaration")
     merged = {**inferred, **{k: v for k, v in declared.items() if k not in inferred}}
-    try:
-        return Supports(**merged)
-    except TypeError as error:
-        known = ", ".join(field.name for field in dataclasses.fields(Supports))
-        raise UsageError("supports", sorted(declared), f"contains an unknown option ({error})",
-                         f"known options: {known}") from None
-
-
-def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return True
-    return keyword in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return _supports(name, merged)
 
 
 _REGISTRY: dict[str, Implementation] = {}
@@ -276,17 +406,25 @@ def register(
     """Register ``function`` as a conv2d implementation named ``name``.
 
     Keyword arguments other than the ones above are fields of
-    :class:`Supports`. Used without ``function`` it returns a decorator.
+    :class:`Supports`; an unknown one or a value of the wrong type raises
+    SupportsError. Used without ``function`` it returns a decorator.
     Registering a name again replaces the earlier entry.
     """
     if not isinstance(name, str) or not name or any(c.isspace() for c in name):
-        raise UsageError("name", name, "expected a non-empty name without spaces")
+        raise UsageError("name", name, "expected a non-empty name without spaces", "for example 'my_conv'")
     if function is None:
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             register(name, fn, target=target, isolate=isolate, expected_to_fail=expected_to_fail,
                      description=description, **supports)
             return fn
         return decorator
+    for key, value in (("isolate", isolate), ("expected_to_fail", expected_to_fail)):
+        if not isinstance(value, bool):
+            raise SupportsError(name, key, value, f"expected a bool, got {type(value).__name__}", "use True or False")
+    for key, value in (("target", target), ("description", description)):
+        if not isinstance(value, str):
+            raise SupportsError(name, key, value, f"expected a string, got {type(value).__name__}",
+                                f"pass {key} as a str")
     if not target:
         target = f"{getattr(function, '__module__', '')}:{getattr(function, '__qualname__', '')}"
     implementation = Implementation(
@@ -346,7 +484,9 @@ def load(spec: str, **supports: Any) -> Implementation:
     """Load ``module:function``, ``path/to/file.py:function`` or a registered name.
 
     A function may carry its declaration as a ``difftest_supports`` dict
-    attribute; keyword arguments here override it. Implementations loaded
+    attribute: fields of :class:`Supports`, plus ``name``, ``isolate``,
+    ``description`` and ``expected_to_fail``. Keyword arguments here
+    override it. An invalid declaration raises SupportsError. Implementations loaded
     from outside difftest run isolated in a worker process unless the
     declaration says ``isolate=False``.
     """
@@ -354,10 +494,16 @@ def load(spec: str, **supports: Any) -> Implementation:
         return get(spec)
     function = import_target(spec)
     module_name, _, attribute = spec.rpartition(":")
-    declared = dict(getattr(function, "difftest_supports", {}) or {})
-    declared.update(supports)
+    label = attribute.split(".")[-1]
+    declared = {**declared_supports(function, label), **supports}
+    _check_keys(label, declared, (*(option.name for option in dataclasses.fields(Supports)), *_DECLARATION_KEYS))
     isolate = declared.pop("isolate", True)
-    name = declared.pop("name", None) or attribute.split(".")[-1]
+    name = declared.pop("name", None)
+    if name is None:
+        name = label
+    elif not isinstance(name, str) or not name or any(character.isspace() for character in name):
+        raise SupportsError(label, "name", name, "expected a non-empty name without spaces",
+                            "for example {'name': 'my_conv'}")
     if module_name.endswith(".py") or os.sep in module_name:
         target = f"{os.path.abspath(module_name)}:{attribute}"
     else:

@@ -139,6 +139,129 @@ def test_plugin_rejects_bad_option(pytester):
     result.stderr.fnmatch_lines(["ERROR: --difftest-region='nowhere' is invalid: expected one of plain, *"])
 
 
+# A declaration of the wrong type, loaded through --difftest-impl.
+BAD_DECLARATION = '''
+import torch.nn.functional as F
+
+
+def string_groups(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+string_groups.difftest_supports = {"groups": "no"}
+'''
+
+TIMEOUT_RANGE = "expected a number of seconds above 0 and at most 2147483 (about 24 days)"
+
+# Command-line arguments, ini file text, environment and the one line pytest must print.
+USAGE_ERRORS = {
+    "missing_file": (
+        ["--difftest-impl", "nosuch.py:f"], "", {},
+        "ERROR: --difftest-impl='nosuch.py:f' is invalid: file nosuch.py not found. check the path before the colon"),
+    "bad_declaration": (
+        ["--difftest-impl", "badconv.py:string_groups"], "", {},
+        "ERROR: --difftest-impl='badconv.py:string_groups': implementation 'string_groups': groups='no' is "
+        "invalid: expected a bool, got str. use True or False"),
+    "same_name": (
+        ["--difftest-impl", "userconv.py:good_conv", "--difftest-impl", "other/userconv.py:good_conv"], "", {},
+        "ERROR: --difftest-impl: {path}/userconv.py:good_conv and {path}/other/userconv.py:good_conv are both "
+        "named 'good_conv', so their items would share names. Give one a difftest_supports = {{'name': ...}} "
+        "declaration"),
+    "report_dir_file": (
+        ["--difftest-impl", "loop", "--difftest-report-dir", "somefile"], "", {},
+        "ERROR: --difftest-report-dir='{path}/somefile' is invalid: is a file, not a folder. pass a folder you can "
+        "write to"),
+    "report_dir_under_file": (
+        ["--difftest-impl", "loop", "--difftest-report-dir", "somefile/reports"], "", {},
+        "ERROR: --difftest-report-dir='{path}/somefile/reports' is invalid: cannot be created because "
+        "{path}/somefile is a file. pass a folder you can write to"),
+    "report_dir_env": (
+        ["--difftest-impl", "loop"], "", {"DIFFTEST_REPORT_DIR": "somefile"},
+        "ERROR: DIFFTEST_REPORT_DIR='{path}/somefile' is invalid: is a file, not a folder. pass a folder you can "
+        "write to"),
+    "report_dir_idle": (
+        [], "difftest_report_dir = somefile\n", {},
+        "ERROR: difftest_report_dir='{path}/somefile' is invalid: is a file, not a folder. pass a folder you can "
+        "write to"),
+    "timeout_infinite": (
+        ["--difftest-impl", "loop", "--difftest-timeout", "inf"], "", {},
+        f"ERROR: --difftest-timeout='inf' is invalid: {TIMEOUT_RANGE}"),
+    "timeout_overflow": (
+        ["--difftest-impl", "loop"], "", {"DIFFTEST_TIMEOUT": "1e7"},
+        f"ERROR: DIFFTEST_TIMEOUT='1e7' is invalid: {TIMEOUT_RANGE}"),
+    "timeout_nan_ini": (
+        ["--difftest-impl", "loop"], "difftest_timeout = nan\n", {},
+        f"ERROR: difftest_timeout='nan' is invalid: {TIMEOUT_RANGE}"),
+    "threads_overflow": (
+        ["--difftest-impl", "loop", "--difftest-threads", "2147483648"], "", {},
+        "ERROR: --difftest-threads='2147483648' is invalid: expected a positive integer of at most 2147483647"),
+    "flag_ini": (
+        ["--difftest-impl", "loop"], "difftest_no_replay = maybe\n", {},
+        "ERROR: difftest_no_replay is invalid: invalid truth value 'maybe'. use true or false"),
+}
+
+
+# Every case runs under xdist, where the controller must reject the value before workers start.
+# A few run serially as well.
+SERIAL = ("missing_file", "bad_declaration", "report_dir_file", "flag_ini")
+
+
+@pytest.mark.parametrize("workers, name", [
+    *((["-n", "2"], name) for name in USAGE_ERRORS),
+    *(([], name) for name in SERIAL),
+], ids=[*(f"xdist-{name}" for name in USAGE_ERRORS), *(f"serial-{name}" for name in SERIAL)])
+def test_plugin_usage_error_one_line(project, monkeypatch, workers, name):
+    arguments, ini, environment, message = USAGE_ERRORS[name]
+    project.makepyfile(badconv=BAD_DECLARATION)
+    (project.path / "other").mkdir()
+    (project.path / "other" / "userconv.py").write_text(IMPLEMENTATIONS)
+    (project.path / "somefile").write_text("")
+    if ini:
+        project.makeini("[pytest]\n" + ini)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", *workers, *arguments)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.errlines if line] == [message.format(path=project.path)]
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output
+    assert "INTERNALERROR" not in output
+    # The controller rejects the value before pytest-xdist starts a worker.
+    assert "workers" not in output
+    assert not (project.path / "reports").exists()
+
+
+def test_plugin_creates_report_dir_parents(project):
+    result = project.runpytest_subprocess(*QUICK, "-n", "2", "--difftest-impl", "userconv.py:good_conv",
+                                          "--difftest-region", "plain", "--difftest-max-examples", "2",
+                                          "--difftest-report-dir", "new/deeper/reports")
+    result.assert_outcomes(passed=1)
+    assert (project.path / "new" / "deeper" / "reports" / SUMMARY_NAME).is_file()
+
+
+def test_plugin_rejects_unwritable_report_dir(project):
+    locked = project.path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        try:
+            (locked / "probe").write_text("")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user can write into a folder of mode 500 (root can), so nothing to reject")
+        result = project.runpytest_subprocess(*BASE, "-n", "2", "--difftest-impl", "userconv.py:good_conv",
+                                              "--difftest-report-dir", "locked")
+    finally:
+        locked.chmod(0o700)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.errlines if line] == [
+        f"ERROR: --difftest-report-dir='{locked}' is invalid: is not writable (Permission denied). pass a folder "
+        "you can write to"]
+
+
 def test_option_precedence(pytester, monkeypatch):
     pytester.makeini("[pytest]\ndifftest_max_examples = 7\ndifftest_seed = 3\ndifftest_profile = difftest-ci\n"
                      "difftest_region =\n    plain\n    grouped\n")
