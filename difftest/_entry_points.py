@@ -36,12 +36,12 @@ def load_entry_points() -> None:
     if _loaded:
         return
     _loaded = True
-    from difftest.registry import register
+    from difftest.registry import declared_supports, register
 
     for entry_point in entry_points(group=GROUP):
         try:
             function = entry_point.load()
-            declared = dict(getattr(function, "difftest_supports", {}) or {})
+            declared = declared_supports(function, entry_point.name)
             declared.pop("name", None)
             isolate = declared.pop("isolate", True)
             register(entry_point.name, function, target=entry_point.value, isolate=isolate, **declared)

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from difftest.case import DTYPES
 from difftest.errors import DifftestError, UsageError, WriteError
+from difftest.isolation import MAX_TIMEOUT
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -69,6 +70,9 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds") from None
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a finite number of seconds above 0")
+    if value > MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected at most {MAX_TIMEOUT} seconds "
+                                         "(about 24 days)")
     return value
 
 

@@ -116,7 +116,13 @@ def render_heatmap(outcome: Outcome, context: CaseContext, path: str) -> Optiona
     figure.tight_layout()
 
     folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    except OSError as error:
+        # The report matters more than its picture, and writing the report
+        # into the same folder reports the folder's problem.
+        logger.warning("cannot save the error heatmap %s: %s", path, error)
+        return None
     try:
         with os.fdopen(handle, "wb") as stream:
             figure.savefig(stream, format="png", dpi=100)

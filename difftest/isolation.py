@@ -59,6 +59,7 @@ __all__ = [
     "WorkerTimeout",
     "ContractViolation",
     "require_importable",
+    "MAX_TIMEOUT",
     "close_all",
 ]
 
@@ -69,6 +70,11 @@ START_TIMEOUT = 300.0
 
 # Seconds between the worker's checks that the process that started it is alive.
 _PARENT_POLL_SECONDS = 0.5
+
+# The largest time limit per call, in seconds. The wait for a worker's reply
+# (multiprocessing.connection.wait) hands poll(2) its timeout in milliseconds
+# as a C int on Linux, and raises OverflowError above 2**31 - 1 ms (about 24.8 days).
+MAX_TIMEOUT = (2**31 - 1) // 1000
 
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -105,6 +111,9 @@ def isolated_caller(timeout: Optional[float] = None, memory_limit: Optional[int]
     space (RLIMIT_AS, Linux only, None: no limit). Past it an allocation
     fails, which Python reports as MemoryError and torch as RuntimeError.
     """
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+        raise UsageError("timeout", timeout, f"expected seconds above 0 and at most {MAX_TIMEOUT} (about 24 days)",
+                         "pass a shorter time limit, or None for no limit")
     return IsolatedCaller(timeout=timeout, memory_limit=memory_limit)
 
 

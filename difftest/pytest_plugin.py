@@ -80,6 +80,7 @@ import pytest
 import difftest.profiles  # noqa: F401  (registers the profiles before Hypothesis's plugin loads one)
 from difftest.case import DTYPES, ConvCase
 from difftest.errors import DifftestError, SupportsError, UsageError
+from difftest.isolation import MAX_TIMEOUT
 from difftest.registry import Implementation
 
 __all__ = ["DifftestFinding", "Checker", "PluginSettings", "settings_from_config", "difftest_check"]
@@ -130,10 +131,8 @@ _OPTIONS = (
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
-# An isolated call waits for its worker with multiprocessing.connection.wait,
-# which on Linux hands poll(2) the timeout in milliseconds as a C int and
-# raises OverflowError above 2**31 - 1 ms (about 24.8 days).
-_MAX_TIMEOUT = (2**31 - 1) // 1000
+# The largest time limit an isolated call accepts.
+_MAX_TIMEOUT = MAX_TIMEOUT
 
 # torch.set_num_threads takes a C int and raises ValueError above this.
 _MAX_THREADS = 2**31 - 1

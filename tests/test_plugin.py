@@ -557,13 +557,19 @@ def test_list_shows_entry_point_implementation(tmp_path, monkeypatch, capsys):
             return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
         conv2d.difftest_supports = {"dtypes": {"float64"}}
+
+        def listed(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+            return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+        listed.difftest_supports = ["float64"]
     '''))
     metadata = site / "difftest_demo_plugin-1.0.dist-info"
     metadata.mkdir()
     (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: difftest-demo-plugin\nVersion: 1.0\n")
     (metadata / "entry_points.txt").write_text(
         "[difftest.implementations]\ndemo_conv = difftest_demo_plugin:conv2d\n"
-        "demo_broken = difftest_demo_missing:conv2d\n")
+        "demo_broken = difftest_demo_missing:conv2d\n"
+        "demo_listed = difftest_demo_plugin:listed\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(_entry_points, "_loaded", False)
     monkeypatch.setattr(_entry_points, "_errors", {})
@@ -577,3 +583,6 @@ def test_list_shows_entry_point_implementation(tmp_path, monkeypatch, capsys):
     assert "difftest_demo_plugin:conv2d" in demo and "dtypes=float64" in demo
     [broken] = [line for line in lines if line.startswith("demo_broken ")]
     assert "entry point failed to load: ModuleNotFoundError" in broken
+    [listed] = [line for line in lines if line.startswith("demo_listed ")]
+    assert "entry point failed to load: SupportsError: implementation 'demo_listed'" in listed
+    assert "expected a dict, got list" in listed

@@ -714,6 +714,9 @@ def test_bad_implementation_one_line(spec, message, bad_file, tmp_path, capsys):
      "argument --timeout: invalid value '0': expected a finite number of seconds above 0 (see difftest fuzz --help)"),
     (["--timeout", "inf"],
      "argument --timeout: invalid value 'inf': expected a finite number of seconds above 0 (see difftest fuzz --help)"),
+    (["--timeout", "1e7"],
+     "argument --timeout: invalid value '1e7': expected at most 2147483 seconds (about 24 days) "
+     "(see difftest fuzz --help)"),
 ])
 def test_bad_option_one_line(arguments, message, tmp_path, capsys):
     status = main(["fuzz", *arguments, "--report-dir", str(tmp_path)])
@@ -772,3 +775,10 @@ def test_missing_report_path_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines()[0] == (
         f"difftest replay: error: PATH='{missing}' is invalid: not found. pass report files (*.json) or the "
         "folder holding them")
+
+
+def test_isolated_caller_rejects_huge_timeout():
+    from difftest.isolation import isolated_caller
+
+    with pytest.raises(UsageError, match=r"timeout=10000000.0 is invalid: expected seconds above 0 and at most"):
+        isolated_caller(timeout=1e7)
