@@ -79,7 +79,7 @@ import pytest
 
 import difftest.profiles  # noqa: F401  (registers the profiles before Hypothesis's plugin loads one)
 from difftest.case import DTYPES, ConvCase
-from difftest.errors import DifftestError, SupportsError, UsageError
+from difftest.errors import DifftestError, SupportsError, UsageError, WriteError
 from difftest.isolation import MAX_TIMEOUT
 from difftest.registry import Implementation
 
@@ -438,6 +438,9 @@ class _DifftestItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, DifftestFinding):
             return excinfo.value.text
+        if isinstance(excinfo.value, WriteError):
+            # A report folder that stopped being writable mid-run is the user's to fix, not a difftest bug.
+            return f"difftest: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Any, Optional[int], str]:
@@ -550,7 +553,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from difftest.campaign import write_summary
 
-    config.stash[_SUMMARY] = write_summary(settings.report_dir)
+    try:
+        config.stash[_SUMMARY] = write_summary(settings.report_dir)
+    except WriteError as error:
+        config.stash[_SUMMARY] = f"not written: {error}"
 
 
 _SUMMARY = pytest.StashKey[str]()

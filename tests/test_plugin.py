@@ -262,6 +262,37 @@ def test_plugin_rejects_unwritable_report_dir(project):
         "you can write to"]
 
 
+# A conftest that makes every write into the report folder fail, as a full disk would mid-run.
+FULL_DISK = '''
+import sys
+
+import difftest.campaign
+import difftest.fuzz
+from difftest.errors import WriteError
+
+
+def _fail(folder, *args, **kwargs):
+    raise WriteError(f"{folder}/report.json", "No space left on device")
+
+
+# The package exports the function fuzz under the module's name, so the module comes from sys.modules.
+sys.modules["difftest.fuzz"].write_report = _fail
+difftest.campaign.write_summary = _fail
+'''
+
+
+def test_plugin_write_error_one_line(project):
+    project.makeconftest(FULL_DISK)
+    result = project.runpytest_subprocess(*QUICK, "--difftest-impl", "userconv.py:grouped_off_by_one",
+                                          "--difftest-region", "grouped")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert f"difftest: cannot write {project.path}/reports/report.json: No space left on device" in output
+    assert f"difftest summary: not written: cannot write {project.path}/reports/report.json" in output
+    assert "Traceback" not in output
+    assert "INTERNALERROR" not in output
+
+
 def test_option_precedence(pytester, monkeypatch):
     pytester.makeini("[pytest]\ndifftest_max_examples = 7\ndifftest_seed = 3\ndifftest_profile = difftest-ci\n"
                      "difftest_region =\n    plain\n    grouped\n")
