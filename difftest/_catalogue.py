@@ -22,8 +22,8 @@ from difftest.case import ConvCase, explicit_padding
 from difftest.compare import compare_values
 from difftest.registry import Implementation
 from difftest.runner import CaseContext, Outcome, evaluate
-from difftest.tolerance import (ACCUMULATION_DTYPE, SIGNIFICAND_BITS, Bound, elementwise_bound,
-                                exact_bound, normwise_bound)
+from difftest.tolerance import (ACCUMULATION_DTYPE, SIGNIFICAND_BITS, Bound, SubnormalTerms, elementwise_bound,
+                                exact_bound, normwise_bound, subnormal_terms)
 from difftest.values import exact_limit, literal_inputs, Inputs
 
 __all__ = ["CATALOGUE", "Probe", "convolve"]
@@ -110,6 +110,7 @@ class Probe:
         try:
             values = transform(self.x, self.w, self.b)
             magnitude = transform(self.x.abs(), self.w.abs(), None if self.b is None else self.b.abs())
+            subnormals = self.subnormals_for(transform)
         except (RuntimeError, ValueError, IndexError):
             # The altered arguments are invalid for this case (a kernel larger
             # than the input, reflect padding past the border): not testable.
@@ -121,10 +122,18 @@ class Probe:
         if values.shape != self.truth.shape and not bool(values.ne(0).any()):
             # Only the shape would match: all-zero values cannot confirm where the mistake moves them.
             return False
-        bound = self.bound_for(values, magnitude, reduction_length or self.case.reduction_length)
+        bound = self.bound_for(values, magnitude, reduction_length or self.case.reduction_length, subnormals)
         return compare_values(self.output, values, bound).passed
 
-    def bound_for(self, values: torch.Tensor, magnitude: torch.Tensor, reduction_length: int) -> Bound:
+    def subnormals_for(self, transform: Transform) -> SubnormalTerms:
+        """Return the flushing terms of a transformed reference, reusing the case's when no value is subnormal."""
+        subnormals = self.context.subnormals
+        if subnormals.lost is None:
+            return subnormals
+        return subnormal_terms(self.x, self.w, self.b, self.case.dtype, transform)
+
+    def bound_for(self, values: torch.Tensor, magnitude: torch.Tensor, reduction_length: int,
+                  subnormals: Optional[SubnormalTerms] = None) -> Bound:
         """Return a bound of the outcome's kind for a transformed reference."""
         dtype = self.case.dtype
         finite = magnitude[torch.isfinite(magnitude)]
@@ -132,11 +141,26 @@ class Probe:
         if self.bound.model == "exact" and largest <= exact_limit(self.case):
             return exact_bound(values, dtype, reduction_length)
         if self.bound.model == "normwise":
-            transform = (self.case.height + self.case.kernel_height) * (self.case.width + self.case.kernel_width)
-            return normwise_bound(magnitude, values, dtype, reduction_length, transform, self.bound.factor)
+            return normwise_bound(magnitude, values, dtype, reduction_length, self.context.transform_size,
+                                  self.bound.factor, scale=self._normwise_scale(values),
+                                  channels=self.case.in_channels // self.case.groups, subnormals=subnormals)
         accumulation = self.bound.accumulation_dtype or ACCUMULATION_DTYPE[dtype]
         return elementwise_bound(magnitude, values, dtype, reduction_length, self.bound.factor,
-                                 accumulation_dtype=accumulation)
+                                 accumulation_dtype=accumulation, subnormals=subnormals)
+
+    def _normwise_scale(self, values: torch.Tensor) -> Optional[torch.Tensor]:
+        """Return the norm that judged the outcome, expanded to ``values``, or None where the planes differ.
+
+        NOTE: the norm is the case's, not one recomputed for the altered
+        arguments. With zero padding and the same channels per output the
+        two are equal. Other padding modes and regrouped channels may change it.
+        """
+        scale = self.context.normwise_scale()
+        if scale.dim() == 3:
+            scale = scale.unsqueeze(0)
+        if scale.shape[:2] != values.shape[:2]:
+            return None
+        return scale.expand_as(values)
 
     def conv(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], **changes: Any) -> torch.Tensor:
         return convolve(self.case, x, w, b, **changes)
@@ -589,7 +613,7 @@ def _low_precision_accumulation(p: Probe) -> Optional[str]:
         if SIGNIFICAND_BITS[narrower] >= SIGNIFICAND_BITS[right]:
             continue
         bound = elementwise_bound(p.magnitude, p.truth, p.case.dtype, p.case.reduction_length, p.bound.factor,
-                                  accumulation_dtype=narrower)
+                                  accumulation_dtype=narrower, subnormals=p.context.subnormals)
         rounds = p.magnitude > 0
         if p.bound.model == "exact":
             # Integer sums whose terms add up to at most 2**p stay exact in a

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 
 from difftest._contract import contract_violation, snapshot
 from difftest._memory import check_memory_budget
@@ -16,9 +17,10 @@ from difftest.case import ConvCase, explicit_padding
 from difftest.compare import (Comparison, check_metadata, compare_values, count_special_mismatches,
                               error_statistics, oracle_weakness)
 from difftest.errors import UsageError
-from difftest.reference import magnitude, reference, truth
+from difftest.reference import conv2d_as_module, magnitude, reference, truth
 from difftest.registry import Implementation
-from difftest.tolerance import Bound, elementwise_bound, exact_bound, normwise_bound, normwise_scale
+from difftest.tolerance import (Bound, SubnormalTerms, elementwise_bound, exact_bound, normwise_bound,
+                                normwise_scale, subnormal_terms)
 from difftest.values import Inputs, exact_limit, inputs_from_literal, make_inputs
 
 __all__ = ["Outcome", "CaseContext", "evaluate", "caller_for", "call_in_process", "VERDICTS", "PASS"]
@@ -60,6 +62,8 @@ class CaseContext:
     _reference: Optional[torch.Tensor] = field(default=None, init=False)
     _reference_error: Optional[str] = field(default=None, init=False)
     _exact: Optional[bool] = field(default=None, init=False)
+    _subnormals: Optional[SubnormalTerms] = field(default=None, init=False)
+    _normwise_scale: Optional[torch.Tensor] = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         # Refuse a case over the budget (bytes) before any of its tensors exists.
@@ -97,6 +101,36 @@ class CaseContext:
                 self._reference_error = f"{type(error).__name__}: {error}"
         return self._reference
 
+    @property
+    def subnormals(self) -> SubnormalTerms:
+        """The case's subnormal values and what flushing them to zero can change, found once."""
+        if self._subnormals is None:
+            inputs = self.inputs64
+
+            def convolve(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+                return conv2d_as_module(F.conv2d, self.case, x, w, b)
+
+            self._subnormals = subnormal_terms(inputs.input, inputs.weight, inputs.bias, self.case.dtype, convolve)
+        return self._subnormals
+
+    @property
+    def transform_size(self) -> int:
+        """The element count of the largest 2-D transform a normwise bound allows for."""
+        case = self.case
+        pads = explicit_padding(case.padding, case.kernel, case.dilation)
+        # A linear convolution by FFT needs a transform at least the padded
+        # input's size; allow up to twice that on each axis (the next power of two).
+        return 4 * (case.height + pads[0] + pads[1]) * (case.width + pads[2] + pads[3])
+
+    def normwise_scale(self) -> torch.Tensor:
+        """Return :func:`difftest.tolerance.normwise_scale` of the case's inputs, computed once."""
+        if self._normwise_scale is None:
+            case = self.case
+            pads = explicit_padding(case.padding, case.kernel, case.dilation)
+            self._normwise_scale = normwise_scale(self.inputs64.input, self.inputs64.weight, self.inputs64.bias,
+                                                  case.groups, pads, case.padding_mode)
+        return self._normwise_scale
+
     def bound(self, implementation: Implementation) -> Bound:
         supports = implementation.supports
         if self.exact and supports.error_model == "elementwise" and supports.tolerance_factor == 1:
@@ -104,18 +138,13 @@ class CaseContext:
         if supports.error_model == "normwise":
             return self._normwise_bound(supports.tolerance_factor)
         return elementwise_bound(self.magnitude, self.truth, self.case.dtype, self.case.reduction_length,
-                                 supports.tolerance_factor)
+                                 supports.tolerance_factor, subnormals=self.subnormals)
 
     def _normwise_bound(self, factor: float) -> Bound:
         case = self.case
-        pads = explicit_padding(case.padding, case.kernel, case.dilation)
-        # A linear convolution by FFT needs a transform at least the padded
-        # input's size; allow up to twice that on each axis (the next power of two).
-        transform = 4 * (case.height + pads[0] + pads[1]) * (case.width + pads[2] + pads[3])
-        scale = normwise_scale(self.inputs64.input, self.inputs64.weight, self.inputs64.bias, case.groups, pads,
-                               case.padding_mode)
-        return normwise_bound(self.magnitude, self.truth, case.dtype, case.reduction_length, transform, factor,
-                              scale=scale.expand_as(self.truth), channels=case.in_channels // case.groups)
+        return normwise_bound(self.magnitude, self.truth, case.dtype, case.reduction_length, self.transform_size,
+                              factor, scale=self.normwise_scale().expand_as(self.truth),
+                              channels=case.in_channels // case.groups, subnormals=self.subnormals)
 
 
 @dataclass
