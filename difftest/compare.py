@@ -135,7 +135,7 @@ def compare_values(actual: torch.Tensor, truth: torch.Tensor, bound: Bound) -> C
         wrong = error > limit
     else:
         finite = torch.isfinite(truth)
-        special_wrong = _special_wrong(actual64, truth)
+        special_wrong = _special_wrong(actual64, truth, bound.nan_allowed)
         error = torch.where(finite & torch.isfinite(actual64), difference.abs(), torch.zeros_like(truth))
         wrong = special_wrong | (finite & ~special_wrong & (error > limit))
 
@@ -200,22 +200,29 @@ def _agreement(actual64: torch.Tensor, truth: torch.Tensor, bound: Bound) -> Com
                       mismatch_mask=torch.zeros_like(truth, dtype=torch.bool))
 
 
-def _special_wrong(actual64: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Return where NaN or infinity disagrees: NaN exactly where the truth has NaN, the same infinity where it has one."""
+def _special_wrong(actual64: torch.Tensor, truth: torch.Tensor,
+                   nan_allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Return where NaN or infinity disagrees: NaN exactly where the truth has NaN, the same infinity where it has one.
+
+    Where ``nan_allowed`` is set, NaN is also accepted for the truth's infinity (see Bound.nan_allowed).
+    """
     truth_nan, actual_nan = torch.isnan(truth), torch.isnan(actual64)
     truth_inf, actual_inf = torch.isinf(truth), torch.isinf(actual64)
     finite = ~(truth_nan | truth_inf)
-    return (truth_nan != actual_nan) | (truth_inf & (actual64 != truth)) | (finite & actual_inf)
+    wrong = (truth_nan != actual_nan) | (truth_inf & (actual64 != truth)) | (finite & actual_inf)
+    if nan_allowed is not None:
+        wrong = wrong & ~(nan_allowed & actual_nan)
+    return wrong
 
 
-def count_special_mismatches(actual: torch.Tensor, truth: torch.Tensor) -> int:
-    """Return how many elements break the NaN and infinity rule of :func:`compare_values`."""
+def count_special_mismatches(actual: torch.Tensor, truth: torch.Tensor, bound: Optional[Bound] = None) -> int:
+    """Return how many elements break the NaN and infinity rule of :func:`compare_values` (with ``bound``'s NaN allowance)."""
     if tuple(actual.shape) != tuple(truth.shape):
         return 0
     actual64 = actual.detach().to("cpu", torch.float64)
     if torch.equal(actual64, truth):
         return 0
-    return int(_special_wrong(actual64, truth).sum())
+    return int(_special_wrong(actual64, truth, bound.nan_allowed if bound is not None else None).sum())
 
 
 def _position(flat: int, actual: torch.Tensor, truth: torch.Tensor, error: torch.Tensor, limit: torch.Tensor,

@@ -285,7 +285,7 @@ def evaluate(
                 f"torch's own conv2d is {outcome.torch_error['max_error_over_bound']:.3g} times past the bound "
                 "on this case")
         wrong_specials = comparison.special_mismatches if same else count_special_mismatches(torch_output,
-                                                                                              context.truth)
+                                                                                              context.truth, bound)
         if wrong_specials:
             outcome.reference_suspect = (
                 f"torch's own conv2d has NaN or infinity where the truth differs in {wrong_specials} elements "

@@ -54,6 +54,9 @@ def render_table(results: Iterable[ImplementationResult]) -> str:
             diagnosis = (result.analysis or {}).get("diagnosis") or {}
             if diagnosis.get("summary"):
                 lines.append(f"  diagnosis: {diagnosis['summary']}")
+            if result.outcome.reference_suspect:
+                # torch is wrong too on this case, so the user should not take torch's output as the answer.
+                lines.append(f"  reference suspect: {result.outcome.reference_suspect}")
     return "\n".join(lines)
 
 

@@ -156,6 +156,9 @@ class Bound:
     subnormal_inputs: float = 0.0
     flushed_operations: int = 0
     flushed_outputs: int = 0
+    # Elements where NaN is accepted as well as the truth's infinity, because
+    # the infinity meets a subnormal that a flush-to-zero mode reads as zero.
+    nan_allowed: Optional[torch.Tensor] = None
 
     def explain(self) -> str:
         if self.model == "exact":
@@ -183,6 +186,9 @@ class Bound:
                          f"flushed to zero in {self.accumulation_dtype}")
         if self.flushed_outputs:
             parts.append(f"|truth| at {self.flushed_outputs} elements that may flush to zero in the output dtype")
+        if self.nan_allowed is not None:
+            parts.append(f"NaN accepted at {int(self.nan_allowed.sum())} elements where an infinity meets a "
+                         "subnormal read as zero")
         if not parts:
             return ""
         return ", plus " + " and ".join(parts)
@@ -197,10 +203,15 @@ class SubnormalTerms:
     the most that reading subnormal inputs as zero can change the element by.
     It is None when no input value is subnormal. ``smallest_term`` is a lower
     bound on every nonzero |x_k w_k| and |b| (infinite when there is none).
+    ``nan_when_flushed`` marks the output elements that are NaN once the
+    subnormal inputs read as zero but not in the truth: an infinity times a
+    subnormal is infinite, and times zero it is NaN. It is None when there is
+    no such element.
     """
 
     lost: Optional[torch.Tensor]
     smallest_term: float
+    nan_when_flushed: Optional[torch.Tensor] = None
 
 
 def subnormal_terms(
@@ -243,7 +254,26 @@ def subnormal_terms(
     w_subnormal = torch.where(w < smallest, w, torch.zeros_like(w))
     if bool(w_subnormal.any()):
         lost = lost + convolve(x - x_subnormal, w_subnormal, no_bias)
-    return SubnormalTerms(lost, smallest_term)
+    return SubnormalTerms(lost, smallest_term, _nan_when_flushed(input64, weight64, bias64, smallest, convolve))
+
+
+def _nan_when_flushed(input64: torch.Tensor, weight64: torch.Tensor, bias64: Optional[torch.Tensor],
+                      smallest: float,
+                      convolve: Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
+                      ) -> Optional[torch.Tensor]:
+    """Return where the convolution of the flushed values is NaN and the truth is not, or None when nowhere."""
+    tensors = [t for t in (input64, weight64, bias64) if t is not None]
+    if all(bool(torch.isfinite(t).all()) for t in tensors):
+        # Without an infinity or a NaN in the inputs, flushing cannot make a NaN.
+        return None
+
+    def flushed(values: torch.Tensor) -> torch.Tensor:
+        return torch.where(values.abs() < smallest, torch.zeros_like(values), values)
+
+    bias = flushed(bias64) if bias64 is not None else None
+    truth = convolve(input64, weight64, bias64)
+    nan = torch.isnan(convolve(flushed(input64), flushed(weight64), bias)) & ~torch.isnan(truth)
+    return nan if bool(nan.any()) else None
 
 
 def elementwise_bound(
@@ -271,7 +301,8 @@ def elementwise_bound(
     # times (docs/tolerance.md, "Flushing subnormals to zero").
     values, flushing = _rounding(magnitude, truth, dtype, accumulation_dtype, terms, reduction_length, subnormals)
     return Bound(factor * values, "elementwise", u_acc, accumulation_dtype, reduction_length, factor, terms,
-                 _output_unit_roundoff(dtype, accumulation_dtype), *flushing)
+                 _output_unit_roundoff(dtype, accumulation_dtype), *flushing,
+                 nan_allowed=subnormals.nan_when_flushed if subnormals is not None else None)
 
 
 def exact_bound(truth: torch.Tensor, dtype: str, reduction_length: int) -> Bound:
@@ -321,7 +352,8 @@ def normwise_bound(
     values, flushing = _rounding(torch.maximum(scale, finite), truth, dtype, accumulation_dtype, terms, terms,
                                  subnormals)
     return Bound(factor * values, "normwise", u_acc, accumulation_dtype, reduction_length, factor, terms,
-                 _output_unit_roundoff(dtype, accumulation_dtype), *flushing)
+                 _output_unit_roundoff(dtype, accumulation_dtype), *flushing,
+                 nan_allowed=subnormals.nan_when_flushed if subnormals is not None else None)
 
 
 def normwise_scale(

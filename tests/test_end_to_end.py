@@ -167,3 +167,13 @@ def test_cli_table_lists_skipped(tmp_path, capsys):
     assert status == 0
     assert any(line.startswith("loop") and " skipped " in line for line in output.splitlines())
     assert "skipped loop: supports dtypes float32, float64 only, not float16" in output
+
+
+def test_table_names_suspect_reference(known_bad_report):
+    from dataclasses import replace
+
+    from difftest.summary import render_table
+
+    outcome = replace(known_bad_report.outcome, reference_suspect="torch's own conv2d is 3 times past the bound")
+    table = render_table([replace(known_bad_report, outcome=outcome)])
+    assert "  reference suspect: torch's own conv2d is 3 times past the bound" in table.splitlines()

@@ -322,6 +322,41 @@ def test_torch_bfloat16_subnormal_weight_passes():
         "products and partial sums flushed to zero in float32")
 
 
+def _infinity_case_context(weight: float) -> tuple[ConvCase, CaseContext]:
+    # Input [inf, 1] and weight [w]: the truth is [inf * w, w].
+    case = ConvCase(batch=1, in_channels=1, out_channels=1, height=1, width=2, kernel_height=1, kernel_width=1,
+                    dtype="bfloat16", values="special", seed=0)
+    return case, CaseContext(case, literal={"input": [[[[math.inf, 1.0]]]], "weight": [[[[weight]]]], "bias": None})
+
+
+def _nan_for_infinity(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    output = F.conv2d(input.double(), weight.double(), bias, stride, padding, dilation, groups)
+    return torch.where(torch.isinf(output), math.nan, output).to(input.dtype)
+
+
+def test_nan_accepted_where_infinity_meets_flushed_subnormal():
+    case, context = _infinity_case_context(torch.finfo(torch.bfloat16).tiny / 4)
+    implementation = register("nan_for_infinity", _nan_for_infinity)
+    try:
+        outcome = evaluate(implementation, case, context)
+    finally:
+        unregister("nan_for_infinity")
+    assert outcome.verdict == "pass", outcome.detail
+    assert outcome.bound.nan_allowed.flatten().tolist() == [True, False]
+    assert "NaN accepted at 1 elements where an infinity meets a subnormal read as zero" in outcome.bound.explain()
+
+
+def test_nan_for_infinity_without_subnormal_fails():
+    case, context = _infinity_case_context(0.5)
+    implementation = register("nan_for_infinity", _nan_for_infinity)
+    try:
+        outcome = evaluate(implementation, case, context)
+    finally:
+        unregister("nan_for_infinity")
+    assert outcome.verdict == "special_value_mismatch"
+    assert outcome.bound.nan_allowed is None
+
+
 def test_torch_bfloat16_special_no_value_mismatch():
     implementation = register("flushing_wrapper", lambda *arguments: F.conv2d(*arguments))
     verdicts, mismatches, flushed = [], [], []
@@ -342,11 +377,13 @@ def test_torch_bfloat16_special_no_value_mismatch():
 
     check()
     unregister("flushing_wrapper")
-    # NOTE: special_value_mismatch outcomes are not judged by the bound:
-    # torch's oneDNN path turns an infinity times a subnormal read as zero
-    # into NaN, and lets some infinities reach outputs outside their windows
-    # as NaN (docs/tolerance.md, "Known deviations of torch itself").
+    # NOTE: torch's oneDNN path also lets some infinities reach outputs outside
+    # their windows as NaN (docs/tolerance.md, "Known deviations of torch
+    # itself"), a torch bug that stays a special_value_mismatch here.
     assert mismatches == []
+    # NaN where an infinity meets a subnormal read as zero is accepted, so
+    # those cases, about 50 of the 300 before, no longer count.
+    assert verdicts.count("special_value_mismatch") < 25
     assert verdicts.count("pass") > 150
     # Outcomes that pass only with the flushing allowance, so the test exercises it.
     assert sum(flushed) > 0
