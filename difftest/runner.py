@@ -158,6 +158,7 @@ class Outcome:
     comparison: Optional[Comparison] = None
     bound: Optional[Bound] = None
     exact: bool = False
+    # Why the case is a weak oracle, set for value mismatches only.
     weak_oracle: Optional[str] = None
     implementation_error: dict[str, float] = field(default_factory=dict)
     torch_error: dict[str, float] = field(default_factory=dict)
@@ -290,8 +291,10 @@ def evaluate(
             outcome.reference_suspect = (
                 f"torch's own conv2d has NaN or infinity where the truth differs in {wrong_specials} elements "
                 "on this case")
-    outcome.weak_oracle = oracle_weakness(context.truth, bound)
     if not comparison.passed:
+        # Only a failure is reported, so only a failure pays for this check
+        # (call compare.oracle_weakness to judge a passing case).
+        outcome.weak_oracle = oracle_weakness(context.truth, bound)
         outcome.verdict = "special_value_mismatch" if comparison.special_mismatches else "mismatch"
         outcome.detail = (f"{comparison.mismatched} / {comparison.total} elements "
                           f"({100 * comparison.share:.3g}%) outside the bound")
