@@ -307,6 +307,7 @@ def _search_invalid_calls(implementation: Implementation, options: FuzzOptions, 
     if options.write_reports:
         data = report_dict(outcome, implementation)
         data["examples"] = result.invalid_examples
+        data["timeout"] = options.timeout if implementation.isolate else None
         result.invalid_report, result.invalid_script = write_report(options.report_dir, data)
         logger.info("%s: %s on an invalid call, report %s", implementation.name, outcome.verdict,
                     result.invalid_report)
@@ -384,6 +385,8 @@ def _write(result: ImplementationResult, implementation: Implementation, options
     data = report_dict(outcome, implementation, **extra)
     data["examples"] = result.examples
     data["shrink_steps"] = result.shrink_steps
+    # Replay uses the same time limit, so a hang is not marked fixed under a longer one.
+    data["timeout"] = options.timeout if implementation.isolate else None
     result.report, result.script = write_report(options.report_dir, data)
     logger.info("%s: %s, report %s", implementation.name, outcome.verdict, result.report)
 

@@ -254,7 +254,7 @@ def evaluate_invalid(implementation: Implementation, call: InvalidCall, *, calle
     started = time.perf_counter()
     try:
         output = caller(implementation, call, call.arguments())
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         verdict = getattr(error, "difftest_verdict", None)
         outcome.exception = _exception_text(error)
         if verdict is not None:

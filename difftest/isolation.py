@@ -327,8 +327,10 @@ def _rebuild_exception(pickled: Optional[bytes], type_name: str, message: str, t
             error = None
     if not isinstance(error, Exception):
         # Also taken for KeyboardInterrupt and SystemExit, which must not stop
-        # the parent when the implementation raised them.
-        error = RuntimeError(f"{type_name}: {message}" if message else type_name)
+        # the parent when the implementation raised them. The report still
+        # names the type the implementation raised.
+        error = RuntimeError(message)
+        error.difftest_raised = type_name.removeprefix("builtins.")
     error.difftest_worker_traceback = text
     return error
 
@@ -478,6 +480,9 @@ def _exception_payload(error: BaseException) -> tuple[Optional[bytes], str, str,
     return pickled, f"{kind.__module__}.{kind.__qualname__}", str(error), text
 
 
+_LARGEST_RLIMIT = 2**63 - 1
+
+
 @contextlib.contextmanager
 def _address_space_limit(extra: Optional[int]) -> Iterator[None]:
     """Let the address space grow by at most ``extra`` bytes inside the block (Linux only)."""
@@ -491,8 +496,11 @@ def _address_space_limit(extra: Optional[int]) -> Iterator[None]:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = size + int(extra)  # type: ignore[arg-type]
+    if limit >= _LARGEST_RLIMIT:
+        # setrlimit takes a C long, and a limit this large limits nothing anyway.
+        limit = resource.RLIM_INFINITY
     if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
+        limit = hard if limit == resource.RLIM_INFINITY else min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     try:
         yield

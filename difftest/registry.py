@@ -519,12 +519,15 @@ def _import(spec: str, module_name: str) -> Any:
         unique = "difftest_user_" + os.path.splitext(os.path.basename(path))[0]
         module_spec = importlib.util.spec_from_file_location(unique, path)
         if module_spec is None or module_spec.loader is None:
-            raise UsageError("--impl", spec, f"file {module_name} cannot be imported as Python")
+            raise UsageError("--impl", spec, f"file {module_name} cannot be imported as Python",
+                             "name a .py file, or a module on the import path")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[unique] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
+            # SystemExit too: a module that calls sys.exit() on import would
+            # otherwise end difftest with that status and no message.
             sys.modules.pop(unique, None)
             raise UsageError("--impl", spec, f"importing {module_name} raised {type(error).__name__}: {error}",
                              "fix the error in that file") from None
@@ -534,6 +537,6 @@ def _import(spec: str, module_name: str) -> Any:
     except ModuleNotFoundError as error:
         raise UsageError("--impl", spec, f"module {error.name!r} not found",
                          "install the package, add its folder to PYTHONPATH or pass path/to/file.py:FUNCTION") from None
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise UsageError("--impl", spec, f"importing {module_name} raised {type(error).__name__}: {error}",
                          "fix the error in that module") from None

@@ -70,6 +70,22 @@ def implementation_from_report(data: dict[str, Any], path: str = _NO_PATH) -> Im
 REPLAY_TIMEOUT = 60.0
 
 
+def _timeout(data: dict[str, Any], label: str) -> float:
+    """Return the time limit per call the report was found under, or REPLAY_TIMEOUT for a report without one.
+
+    A hang found with a short limit is a hang again only under that limit.
+    """
+    from difftest.isolation import MAX_TIMEOUT
+
+    recorded = data.get("timeout")
+    if recorded is None:
+        return REPLAY_TIMEOUT
+    if isinstance(recorded, bool) or not isinstance(recorded, (int, float)) or not 0 < recorded <= MAX_TIMEOUT:
+        raise ReportError(label, "timeout", f"is {recorded!r}, expected seconds above 0 and at most {MAX_TIMEOUT} "
+                                            "or null")
+    return float(recorded)
+
+
 def replay_data(data: dict[str, Any], path: Optional[str] = None) -> tuple[Outcome, dict[str, Any]]:
     """Run a report's case again; return the outcome and a report of it.
 
@@ -83,7 +99,7 @@ def replay_data(data: dict[str, Any], path: Optional[str] = None) -> tuple[Outco
     try:
         # The same memory limit as a campaign's default, so replaying a report
         # of an unbounded allocation cannot take the machine down.
-        caller = caller_for(implementation, REPLAY_TIMEOUT, default_memory_budget())
+        caller = caller_for(implementation, _timeout(data, label), default_memory_budget())
         if data.get("invalid_call") is not None:
             call = InvalidCall.from_dict(data["invalid_call"])
             invalid = evaluate_invalid(implementation, call, caller=caller)
@@ -97,7 +113,7 @@ def replay_data(data: dict[str, Any], path: Optional[str] = None) -> tuple[Outco
         raise ReportError(label, "implementation.target", f"is {implementation.target!r}, which a worker process "
                           f"cannot import: {error.reason}. {_TARGET_FIX}") from None
     fresh = report_dict(outcome, implementation, inputs=data.get("inputs"), diagnosis=data.get("diagnosis"),
-                        reproduce=data.get("reproduce"))
+                        reproduce=data.get("reproduce"), timeout=data.get("timeout"))
     return outcome, fresh
 
 

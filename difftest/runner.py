@@ -252,10 +252,13 @@ def evaluate(
         outcome.verdict, outcome.exception = "not_implemented", _exception_text(error)
         outcome.detail = f"raised NotImplementedError: {error}"
         return outcome
-    except Exception as error:
+    except (Exception, SystemExit) as error:
+        # SystemExit is the implementation calling sys.exit(), a finding like
+        # any exception. KeyboardInterrupt still stops the run.
         verdict = getattr(error, "difftest_verdict", "exception")
         outcome.verdict, outcome.exception = verdict, _exception_text(error)
-        outcome.detail = str(error) if verdict != "exception" else f"raised {type(error).__name__}: {error}"
+        raised = getattr(error, "difftest_raised", type(error).__name__)
+        outcome.detail = str(error) if verdict != "exception" else f"raised {raised}: {error}"
         return outcome
     finally:
         outcome.seconds = time.perf_counter() - started
@@ -316,7 +319,7 @@ def _second_call(implementation: Implementation, case: ConvCase, context: CaseCo
         again = caller(implementation, case, inputs)
     except UsageError:
         raise
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         verdict = getattr(error, "difftest_verdict", None)
         if verdict is not None and verdict not in ("crash", "timeout"):
             return verdict, f"on a second call: {error}"

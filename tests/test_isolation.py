@@ -155,11 +155,10 @@ def test_not_implemented_keeps_its_verdict(caller):
     assert outcome.detail == "raised NotImplementedError: not written yet"
 
 
-def test_unpicklable_exception_becomes_runtime_error(caller):
+def test_unpicklable_exception_keeps_its_name(caller):
     outcome = evaluate(isolated(raise_local_exception), PLAIN, caller=caller)
     assert outcome.verdict == "exception"
-    assert outcome.detail == ("raised RuntimeError: test_isolation.raise_local_exception.<locals>.LocalError: "
-                              "made inside the call")
+    assert outcome.detail == "raised test_isolation.raise_local_exception.<locals>.LocalError: made inside the call"
 
 
 @pytest.mark.parametrize("function, kind", [(raise_keyboard_interrupt, "KeyboardInterrupt"),
@@ -168,7 +167,7 @@ def test_base_exception_from_implementation_is_exception(function, kind, caller,
     outcome = evaluate(isolated(function), PLAIN, caller=caller)
     after = evaluate(isolated(conv2d), PLAIN, caller=caller)
     assert outcome.verdict == "exception"
-    assert f"builtins.{kind}" in outcome.detail
+    assert outcome.detail.startswith(f"raised {kind}")
     assert after.verdict == "pass"
     assert "Traceback" not in capfd.readouterr().err
 
@@ -409,3 +408,9 @@ def test_campaign_reports_every_broken_implementation(tmp_path):
     for path in found:
         load_report(path)
     assert worker_processes() == []
+
+
+def test_huge_memory_limit_sets_no_limit():
+    with isolated_caller(timeout=30, memory_limit=2**70) as huge:
+        outcome = evaluate(isolated(conv2d), PLAIN, caller=huge)
+    assert outcome.verdict == "pass", outcome.detail

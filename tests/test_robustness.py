@@ -560,7 +560,7 @@ def test_unwritable_folder_mid_run_keeps_findings(tmp_path, capsys, monkeypatch,
 
     captured = capsys.readouterr()
     assert status == 2
-    assert captured.out.splitlines()[2].split()[:3] == ["im2col", "20", "pass"]
+    assert captured.out.splitlines()[2].split()[:4] == ["im2col", "20", "0", "pass"]
     (line,) = captured.err.splitlines()
     assert line.startswith(f"difftest fuzz: error: --report-dir='{tmp_path}' is invalid: saving unfold_transposed--")
     assert line.endswith("in it failed (Permission denied). pass a folder you can write to, or make this one "
@@ -782,3 +782,85 @@ def test_isolated_caller_rejects_huge_timeout():
 
     with pytest.raises(UsageError, match=r"timeout=10000000.0 is invalid: expected seconds above 0 and at most"):
         isolated_caller(timeout=1e7)
+
+
+EXITS_ON_IMPORT = """
+import sys
+
+sys.exit(0)
+"""
+
+EXITS_WHEN_CALLED = """
+import sys
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    sys.exit(0)
+"""
+
+
+def test_module_exiting_on_import_is_usage_error(tmp_path, capsys):
+    module = tmp_path / "exits.py"
+    module.write_text(EXITS_ON_IMPORT)
+    status = main(["fuzz", "--impl", f"{module}:conv2d", "--report-dir", str(tmp_path / "reports")])
+    assert status == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"difftest fuzz: error: --impl='{module}:conv2d' is invalid: importing {module} raised SystemExit: 0. "
+        "fix the error in that file"]
+
+
+def test_sys_exit_in_process_is_finding(tmp_path, capsys):
+    module = tmp_path / "exits_when_called.py"
+    module.write_text(EXITS_WHEN_CALLED)
+    status = main(["fuzz", "--impl", f"{module}:conv2d", "--no-isolate", "--max-examples", "5", "--no-invalid",
+                   "--report-dir", str(tmp_path / "reports")])
+    output = capsys.readouterr().out
+    assert status == 1
+    assert "FAIL (exception)" in output
+    assert "  raised SystemExit: 0" in output.splitlines()
+
+
+SLOW = """
+import time
+
+import torch.nn.functional as F
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    if input.shape[-1] > 2:
+        time.sleep(3)
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+"""
+
+
+def test_timeout_report_replays_under_its_limit(tmp_path, capsys):
+    module = tmp_path / "slow.py"
+    module.write_text(SLOW)
+    reports = tmp_path / "reports"
+    status = main(["fuzz", "--impl", f"{module}:conv2d", "--timeout", "1", "--max-examples", "30", "--seed", "0",
+                   "--no-invalid", "--report-dir", str(reports)])
+    assert status == 1
+    (report,) = glob.glob(str(reports / "*.json"))
+    data = json.load(open(report))
+    assert data["verdict"] == "timeout"
+    assert data["timeout"] == 1.0
+    capsys.readouterr()
+
+    assert main(["replay", report]) == 1
+    assert capsys.readouterr().out.startswith("reproduces")
+
+
+def test_report_with_bad_timeout_rejected(tmp_path, capsys):
+    module = tmp_path / "slow.py"
+    module.write_text(SLOW)
+    reports = tmp_path / "reports"
+    main(["fuzz", "--impl", f"{module}:conv2d", "--timeout", "1", "--max-examples", "30", "--seed", "0",
+          "--no-invalid", "--report-dir", str(reports)])
+    (report,) = glob.glob(str(reports / "*.json"))
+    data = json.load(open(report))
+    data["timeout"] = "soon"
+    with open(report, "w") as stream:
+        json.dump(data, stream)
+    capsys.readouterr()
+    assert main(["replay", report]) == 2
+    assert "field 'timeout' is 'soon', expected seconds above 0" in capsys.readouterr().out
