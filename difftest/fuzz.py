@@ -405,6 +405,11 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
     if implementations and all(outside.values()):
         first = outside[implementations[0].name]
         assert first is not None
+        if len(implementations) == 1 and not first.requested_by_campaign:
+            raise UsageError("implementation", implementations[0].name,
+                             f"{first.supported()}, and this machine has {', '.join(first.requested)}",
+                             f"run it where one of those {first.name} is present, or declare the {first.name} it "
+                             "runs on in its difftest_supports")
         if len(implementations) == 1:
             raise UsageError(first.name, ", ".join(first.requested), f"{implementations[0].name} {first.supported()}",
                              f"pick {first.name} from {', '.join(first.allowed)}")
@@ -433,6 +438,8 @@ class _Outside:
     name: str
     requested: tuple[str, ...]
     allowed: tuple[str, ...]
+    # False when nothing was requested, so the request is every device present.
+    requested_by_campaign: bool = True
 
     def supported(self) -> str:
         return f"supports {self.name} {', '.join(self.allowed)} only"
@@ -442,17 +449,16 @@ def _outside_narrowing(implementation: Implementation, options: FuzzOptions) -> 
     """Return the narrowing when the campaign's dtypes or devices leave nothing ``implementation`` supports."""
     from strategies import available_devices, check_narrowing
 
+    # Without a narrowing, the devices present on this machine are the request.
     narrowing = {key: value for key, value in options.strategy.items() if key in ("dtypes", "devices")}
-    if not narrowing:
-        return None
     try:
         check_narrowing(implementation.supports, **narrowing)
     except UsageError as error:
-        if error.name not in narrowing:
+        if error.name not in ("dtypes", "devices"):
             raise
-        requested = narrowing[error.name]
+        requested = narrowing.get(error.name, available_devices())
         requested = (requested,) if isinstance(requested, str) else tuple(requested)
         supports = implementation.supports
-        allowed = supports.dtypes if error.name == "dtypes" else supports.devices & set(available_devices())
-        return _Outside(error.name, requested, tuple(sorted(allowed)))
+        allowed = supports.dtypes if error.name == "dtypes" else supports.devices
+        return _Outside(error.name, requested, tuple(sorted(allowed)), error.name in narrowing)
     return None

@@ -16,7 +16,7 @@ from difftest._memory import check_memory_budget
 from difftest.case import ConvCase, explicit_padding
 from difftest.compare import (Comparison, check_metadata, compare_values, count_special_mismatches,
                               error_statistics, oracle_weakness)
-from difftest.errors import UsageError
+from difftest.errors import UnsupportedCaseError, UsageError
 from difftest.reference import conv2d_as_module, magnitude, reference, truth
 from difftest.registry import Implementation
 from difftest.tolerance import (Bound, SubnormalTerms, elementwise_bound, exact_bound, normwise_bound,
@@ -232,8 +232,14 @@ def evaluate(
     ``caller`` replaces the in-process call, for example with an isolated one.
     A UsageError from ``caller`` (an isolated implementation that cannot be
     imported) is raised, not judged. ``memory_budget`` (bytes) applies when
-    no ``context`` is given: see CaseContext.
+    no ``context`` is given: see CaseContext. A case outside what the
+    implementation declared raises UnsupportedCaseError.
     """
+    outside = implementation.supports.rejects(case)
+    if outside is not None:
+        # A declaration is a promise of what to test, so a case outside it
+        # is the caller's mistake, not a finding against the implementation.
+        raise UnsupportedCaseError(implementation.name, f"{outside} lies outside what it declared")
     context = context or CaseContext(case, memory_budget=memory_budget)
     caller = caller or call_in_process
     inputs = context.inputs

@@ -48,6 +48,10 @@ def _choices(name: str, requested: Optional[Iterable[str]], allowed: frozenset[s
     if unknown:
         raise UsageError(name, unknown[0], f"expected values from {', '.join(order)}")
     chosen = [value for value in order if value in requested_set and value in allowed]
+    if not chosen and not allowed:
+        raise UsageError(name, sorted(requested_set), "leaves nothing to generate: the implementation supports none "
+                         f"of the {name} available here ({', '.join(order)})",
+                         f"declare support for one of them, or run where a supported one is present")
     if not chosen:
         raise UsageError(name, sorted(requested_set),
                          f"leaves nothing to generate inside the supported {', '.join(sorted(allowed))}",

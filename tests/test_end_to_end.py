@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import difftest
 from difftest.cli import main
@@ -177,3 +178,19 @@ def test_table_names_suspect_reference(known_bad_report):
     outcome = replace(known_bad_report.outcome, reference_suspect="torch's own conv2d is 3 times past the bound")
     table = render_table([replace(known_bad_report, outcome=outcome)])
     assert "  reference suspect: torch's own conv2d is 3 times past the bound" in table.splitlines()
+
+
+def _cuda_only(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_absent_device_only_implementation_skipped(tmp_path):
+    cuda_only = difftest.Implementation("cuda_only", _cuda_only, difftest.Supports(devices={"cuda"}))
+    options = difftest.FuzzOptions(max_examples=5, seed=0, check_invalid=False, report_dir=str(tmp_path))
+    skipped, loop = difftest.fuzz([cuda_only, get("loop")], options)
+    assert skipped.verdict == "skipped"
+    assert skipped.note == "supports devices cuda only, not cpu"
+    assert loop.verdict == "pass"
+    with pytest.raises(difftest.UsageError, match="supports devices cuda only, and this machine has cpu"):
+        difftest.fuzz([cuda_only], options)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from difftest import registry
 from difftest.case import ConvCase
 from difftest.cli import main
-from difftest.errors import DifftestError, SupportsError, UsageError
+from difftest.errors import DifftestError, SupportsError, UnsupportedCaseError, UsageError
 from difftest.registry import Supports, load, register, unregister
 from difftest.runner import evaluate
 
@@ -118,7 +118,7 @@ def test_missing_keyword_option_inferred_unsupported(names):
     assert not supports.groups
     assert supports.padding_forms == {"valid"}
 
-    case = ConvCase(height=5, width=5, stride=(2, 2), bias=False)
+    case = ConvCase(height=5, width=5, stride=(2, 2), padding="valid", bias=False)
     assert evaluate(implementation, case).verdict == "pass"
     assert received == [(2, 2)]
 
@@ -421,3 +421,12 @@ def test_cli_finds_keyword_only_bug(tmp_path, monkeypatch, capsys):
     assert status == 1, output
     [report] = (tmp_path / "reports").glob("*.json")
     assert report.name.startswith("cli_keyword_conv--mismatch--")
+
+
+def test_evaluate_rejects_undeclared_case(names):
+    implementation = _register(names, "no_groups_conv", lambda x, w, b=None, stride=1, padding=0, dilation=1, groups=1:
+                               F.conv2d(x, w, b, stride, padding, dilation, groups), groups=False)
+    case = ConvCase(in_channels=2, out_channels=2, groups=2)
+    with pytest.raises(UnsupportedCaseError, match="'no_groups_conv' does not support this case: groups 2 lies "
+                                                   "outside what it declared"):
+        evaluate(implementation, case)
