@@ -19,26 +19,36 @@ reported as xfail. At the end of the session the controller writes
 Every option has an ini key and an environment variable; the command line
 wins over the environment, which wins over the ini file:
 
-==============================  ======================  =========================
-command line                    ini key                 environment
-==============================  ======================  =========================
---difftest-impl SPEC            difftest_impl           DIFFTEST_IMPL (a,b)
---difftest-max-examples N       difftest_max_examples   DIFFTEST_MAX_EXAMPLES
---difftest-seed S               difftest_seed           DIFFTEST_SEED
---difftest-profile NAME         difftest_profile        DIFFTEST_PROFILE
---difftest-report-dir DIR       difftest_report_dir     DIFFTEST_REPORT_DIR
---difftest-dtype DTYPE          difftest_dtype          DIFFTEST_DTYPE (a,b)
---difftest-region NAME          difftest_region         DIFFTEST_REGION (a,b)
---difftest-timeout SECONDS      difftest_timeout        DIFFTEST_TIMEOUT
---difftest-threads N            difftest_threads        DIFFTEST_THREADS
---difftest-no-replay            difftest_no_replay      DIFFTEST_NO_REPLAY=1
---difftest-no-isolate           difftest_no_isolate     DIFFTEST_NO_ISOLATE=1
-==============================  ======================  =========================
+============================  ==========================  ============================
+command line                  ini key                     environment
+============================  ==========================  ============================
+--difftest-impl SPEC          difftest_impl               DIFFTEST_IMPL (a,b)
+--difftest-max-examples N     difftest_max_examples       DIFFTEST_MAX_EXAMPLES
+--difftest-seed S             difftest_seed               DIFFTEST_SEED
+--difftest-profile NAME       difftest_profile            DIFFTEST_PROFILE
+--difftest-report-dir DIR     difftest_report_dir         DIFFTEST_REPORT_DIR
+--difftest-dtype DTYPE        difftest_dtype              DIFFTEST_DTYPE (a,b)
+--difftest-region NAME        difftest_region             DIFFTEST_REGION (a,b)
+--difftest-timeout SECONDS    difftest_timeout            DIFFTEST_TIMEOUT
+--difftest-threads N          difftest_threads            DIFFTEST_THREADS
+--difftest-max-elements N     difftest_max_elements       DIFFTEST_MAX_ELEMENTS
+--difftest-memory-budget MIB  difftest_memory_budget      DIFFTEST_MEMORY_BUDGET
+--difftest-no-replay          difftest_no_replay          DIFFTEST_NO_REPLAY=1
+--difftest-no-isolate         difftest_no_isolate         DIFFTEST_NO_ISOLATE=1
+--difftest-no-invalid         difftest_no_invalid         DIFFTEST_NO_INVALID=1
+--difftest-check-determinism  difftest_check_determinism  DIFFTEST_CHECK_DETERMINISM=1
+============================  ==========================  ============================
 
-Bad values, implementations that cannot be loaded and report folders that
-cannot be written stop the run when pytest starts, before any xdist worker
-does: one ``ERROR:`` line names the option and the value, and pytest exits
-with its usage-error status (4).
+Bad values, implementations that cannot be loaded, the same implementation
+named twice and report folders that cannot be written stop the run when
+pytest starts, before any xdist worker does: one ``ERROR:`` line names the
+option and the value, and pytest exits with its usage-error status (4).
+
+An implementation that supports none of the ``--difftest-dtype`` dtypes, or
+none of whose declared devices is present on this machine, gets no search
+items, and a line of the terminal summary names it and the reason. Its saved
+reports are still replayed unless the missing device is the reason. When
+that leaves no implementation at all, the run stops with a usage error.
 
 ``--difftest-max-examples`` counts per item. A relative report folder is
 taken relative to pytest's rootdir and created when missing. ``--difftest-seed`` makes every item
@@ -47,7 +57,13 @@ off. In an xdist worker each item runs torch on one thread unless
 ``--difftest-threads`` says otherwise: with a thread per core in every
 worker, the workers oversubscribe the cores and small convolutions slow
 down. The invalid-call search (difftest.invalid) runs once per
-implementation and dtype, in the first region item.
+implementation and dtype, in the first region item, unless
+``--difftest-no-invalid`` turns it off. ``--difftest-memory-budget`` is in
+MiB per worker: cases estimated to need more are skipped, and an isolated
+call may grow its worker process by at most that much. Without it there is
+no budget (``difftest fuzz`` defaults to half the physical memory instead).
+``--difftest-check-determinism`` runs each case twice and reports answers
+that change between calls as 'nondeterministic'.
 
 A property test of your own takes the ``difftest_check`` fixture, which
 evaluates one case and fails with the report text::
@@ -79,7 +95,7 @@ import pytest
 
 import difftest.profiles  # noqa: F401  (registers the profiles before Hypothesis's plugin loads one)
 from difftest.case import DTYPES, ConvCase
-from difftest.errors import DifftestError, SupportsError, UsageError, WriteError
+from difftest.errors import DifftestError, MemoryBudgetError, SupportsError, UsageError, WriteError
 from difftest.isolation import MAX_TIMEOUT
 from difftest.registry import Implementation
 
@@ -91,7 +107,7 @@ class _Option:
     """One plugin option: its command-line flag, ini key and environment variable derive from ``name``."""
 
     name: str
-    kind: str  # "list", "int", "float", "str" or "flag"
+    kind: str  # "list", "int", "seconds", "mib", "str" or "flag"
     help: str
     metavar: str = ""
 
@@ -120,12 +136,20 @@ _OPTIONS = (
     _Option("dtype", "list", f"only fuzz this dtype ({', '.join(DTYPES)}; repeatable)", "DTYPE"),
     _Option("region", "list", "only fuzz this region of the parameter space (repeatable; see difftest.regions)",
             "NAME"),
-    _Option("timeout", "float", "time limit in seconds per call of an isolated implementation (default 60)",
+    _Option("timeout", "seconds", "time limit in seconds per call of an isolated implementation (default 60)",
             "SECONDS"),
     _Option("threads", "int", "torch intra-op threads while an item runs (default: 1 in an xdist worker, "
             "else unchanged)", "N"),
+    _Option("max_elements", "int", "generate no case whose input, weight or output has more than N elements "
+            "(default: no bound beyond the regions' size limits)", "N"),
+    _Option("memory_budget", "mib", "MiB a case may use: cases estimated to need more are skipped, and an isolated "
+            "call may grow its worker process by at most this much (default: no budget)", "MIB"),
     _Option("no_replay", "flag", "do not replay the open reports in the report folder"),
     _Option("no_isolate", "flag", "run implementations in the pytest process instead of a worker process"),
+    _Option("no_invalid", "flag", "skip the search of invalid calls (by default each implementation must raise "
+            "where torch's conv2d raises, and must not raise where torch returns a result)"),
+    _Option("check_determinism", "flag", "run each case twice and report answers that differ by more than the "
+            "bound"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -150,12 +174,18 @@ class PluginSettings:
     report_dir: str = "reports"
     report_dir_given: bool = False
     report_dir_source: str = "--difftest-report-dir"
+    dtype_source: str = "--difftest-dtype"
     dtypes: list[str] = field(default_factory=list)
     regions: list[str] = field(default_factory=list)
     timeout: float = 60.0
     threads: Optional[int] = None
     replay: bool = True
     isolate: Optional[bool] = None
+    max_elements: Optional[int] = None
+    # Bytes, converted from the option's MiB.
+    memory_budget: Optional[int] = None
+    check_invalid: bool = True
+    check_determinism: bool = False
 
     @property
     def active(self) -> bool:
@@ -213,11 +243,17 @@ def _convert(option: _Option, value: Any, source: str) -> Any:
             if option.name == "threads" and number > _MAX_THREADS:
                 raise ValueError
             return number
-        if option.kind == "float":
+        if option.kind == "seconds":
             seconds = float(value)
             if not (math.isfinite(seconds) and 0 < seconds <= _MAX_TIMEOUT):
                 raise ValueError
             return seconds
+        if option.kind == "mib":
+            # The isolation worker's limit is a whole number of bytes above 0.
+            mebibytes = float(value)
+            if not (math.isfinite(mebibytes) and int(mebibytes * 2**20) >= 1):
+                raise ValueError
+            return int(mebibytes * 2**20)
     except ValueError:
         raise pytest.UsageError(f"{source}={value!r} is invalid: expected {_expected(option)}") from None
     if option.kind == "flag" and isinstance(value, str):
@@ -233,8 +269,10 @@ def _expected(option: _Option) -> str:
         return "an integer of 0 or more"
     if option.name == "threads":
         return f"a positive integer of at most {_MAX_THREADS}"
-    if option.kind == "float":
+    if option.kind == "seconds":
         return f"a number of seconds above 0 and at most {_MAX_TIMEOUT} (about 24 days)"
+    if option.kind == "mib":
+        return "a finite number of MiB of at least one byte"
     return "a positive integer"
 
 
@@ -251,7 +289,10 @@ def settings_from_config(config: pytest.Config) -> PluginSettings:
                               max_examples=values["max_examples"],
                               seed=values["seed"], dtypes=list(values["dtype"] or []),
                               regions=list(values["region"] or []), replay=not values["no_replay"],
-                              isolate=False if values["no_isolate"] else None)
+                              isolate=False if values["no_isolate"] else None,
+                              max_elements=values["max_elements"], memory_budget=values["memory_budget"],
+                              check_invalid=not values["no_invalid"],
+                              check_determinism=bool(values["check_determinism"]))
     if values["profile"]:
         settings.profile = values["profile"]
     if values["timeout"] is not None:
@@ -260,6 +301,7 @@ def settings_from_config(config: pytest.Config) -> PluginSettings:
     if values["report_dir"]:
         settings.report_dir, settings.report_dir_given = values["report_dir"], True
     settings.report_dir_source = sources["report_dir"]
+    settings.dtype_source = sources["dtype"]
     settings.report_dir = os.path.join(str(config.rootpath), os.path.expanduser(settings.report_dir))
 
     _check(settings, sources)
@@ -296,6 +338,7 @@ def _usage_error(source: str, value: Any, error: DifftestError) -> pytest.UsageE
 
 _SETTINGS = pytest.StashKey[PluginSettings]()
 _IMPLEMENTATIONS = pytest.StashKey["list[Implementation]"]()
+_SKIPPED = pytest.StashKey["dict[str, _Skip]"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -307,7 +350,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # usage error during collection reaches the user as "no tests ran" or
     # an internal error, without the message.
     if settings.active:
-        config.stash[_IMPLEMENTATIONS] = _load_implementations(settings)
+        specs = _load_implementations(settings)
+        implementations = list(specs.values())
+        config.stash[_IMPLEMENTATIONS] = implementations
+        config.stash[_SKIPPED] = _skipped_implementations(settings, specs)
     _check_report_dir(settings)
 
 
@@ -333,18 +379,100 @@ def _check_report_dir(settings: PluginSettings) -> None:
                                 "pass a folder you can write to")
 
 
-def _load_implementations(settings: PluginSettings) -> list[Implementation]:
-    """Load every named implementation once, checking that no two share a name (their items would clash)."""
-    implementations = [_load(spec, settings) for spec in dict.fromkeys(settings.impls)]
-    names: dict[str, str] = {}
-    for implementation in implementations:
-        other = names.setdefault(implementation.name, implementation.target)
-        if other != implementation.target:
+def _load_implementations(settings: PluginSettings) -> dict[str, Implementation]:
+    """Load every named implementation, keyed by its spec; raise pytest's usage error when two share a name.
+
+    Two implementations of one name would give items of the same name, as
+    would one spec given twice, so both are rejected as the command line
+    rejects them.
+    """
+    source = settings.impl_source
+    specs: dict[str, Implementation] = {}
+    by_name: dict[str, str] = {}
+    for spec in settings.impls:
+        if spec in specs:
+            raise pytest.UsageError(f"{source}={spec!r} is invalid: given more than once. pass each "
+                                    "implementation once")
+        implementation = _load(spec, settings)
+        other = by_name.setdefault(implementation.name, spec)
+        if other != spec:
+            target = specs[other].target
+            if target == implementation.target:
+                raise pytest.UsageError(f"{source}={spec!r} is invalid: loads {target}, as {other!r} does. pass "
+                                        "each implementation once")
             raise pytest.UsageError(
-                f"{settings.impl_source}: {other} and {implementation.target} are both named "
+                f"{source}: {target} and {implementation.target} are both named "
                 f"{implementation.name!r}, so their items would share names. Give one a "
                 "difftest_supports = {'name': ...} declaration")
-    return implementations
+        specs[spec] = implementation
+    return specs
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """Why an implementation gets no search items: the narrowing ('dtypes' or 'devices') and what it supports."""
+
+    name: str
+    allowed: tuple[str, ...]
+    reason: str
+
+
+def _skipped_implementations(settings: PluginSettings, specs: dict[str, Implementation]) -> dict[str, _Skip]:
+    """Find the implementations that the dtypes or this machine's devices leave nothing to search, keyed by name.
+
+    Raise pytest's usage error when that is every implementation, as
+    ``difftest fuzz`` does, because the run would otherwise collect nothing
+    from them and exit without saying why.
+    """
+    from strategies import available_devices, check_narrowing
+
+    present = available_devices()
+    skipped: dict[str, _Skip] = {}
+    for implementation in specs.values():
+        try:
+            check_narrowing(implementation.supports, dtypes=settings.dtypes or None)
+        except UsageError as error:
+            if error.name not in ("dtypes", "devices"):
+                raise
+            skipped[implementation.name] = _skip(implementation, error.name, settings.dtypes, present)
+    if skipped and len(skipped) == len(specs):
+        raise _nothing_left(settings, specs, skipped, present)
+    return skipped
+
+
+def _skip(implementation: Implementation, narrowing: str, dtypes: list[str], present: tuple[str, ...]) -> _Skip:
+    supports = implementation.supports
+    if narrowing == "dtypes":
+        allowed = tuple(d for d in DTYPES if d in supports.dtypes)
+        reason = f"supports dtypes {', '.join(allowed)} only, not {', '.join(dict.fromkeys(dtypes))}"
+    else:
+        allowed = tuple(sorted(supports.devices))
+        reason = f"supports devices {', '.join(allowed) or 'none'} only, but this machine has only {', '.join(present)}"
+    return _Skip(narrowing, allowed, reason)
+
+
+def _nothing_left(settings: PluginSettings, specs: dict[str, Implementation], skipped: dict[str, _Skip],
+                  present: tuple[str, ...]) -> pytest.UsageError:
+    """Return the usage error for narrowing that leaves every implementation nothing to search.
+
+    It names --difftest-dtype (or its ini key or variable) when the dtypes
+    leave any implementation nothing, and else --difftest-impl, since no
+    device option narrows the devices.
+    """
+    by_dtype = [name for name, skip in skipped.items() if skip.name == "dtypes"]
+    if by_dtype:
+        source, value = settings.dtype_source, ", ".join(dict.fromkeys(settings.dtypes))
+        allowed = sorted({d for name in by_dtype for d in skipped[name].allowed}, key=DTYPES.index)
+        fix = f"pick {source} from {', '.join(allowed)}"
+    else:
+        source, value = settings.impl_source, ", ".join(specs)
+        fix = f"run on a machine with {' or '.join(sorted({d for s in skipped.values() for d in s.allowed}))}"
+    if len(skipped) == 1:
+        [(name, skip)] = skipped.items()
+        return pytest.UsageError(f"{source}={value!r} is invalid: {name} {skip.reason}. {fix}")
+    reasons = ", and ".join(f"{name} {skip.reason}" for name, skip in skipped.items())
+    return pytest.UsageError(f"{source}={value!r} is invalid: it leaves no implementation to fuzz, because "
+                             f"{reasons}. {fix}")
 
 
 def _load(spec: str, settings: PluginSettings) -> Implementation:
@@ -389,10 +517,14 @@ class _Campaign(pytest.Collector):
 
         settings = self.config.stash[_SETTINGS]
         implementations = self.config.stash[_IMPLEMENTATIONS]
+        skipped = self.config.stash[_SKIPPED]
         by_target = {implementation.target: implementation for implementation in implementations}
 
         if settings.replay:
-            for path in open_reports(settings.report_dir, implementations):
+            # A report of an implementation whose devices are missing here could only fail on replay.
+            replayable = [implementation for implementation in implementations
+                          if implementation.name not in skipped or skipped[implementation.name].name != "devices"]
+            for path in open_reports(settings.report_dir, replayable):
                 implementation = by_target[load_report(path)["implementation"]["target"]]
                 name = os.path.splitext(os.path.basename(path))[0]
                 yield _ReplayItem.from_parent(self, name=f"replay[{name}]", report=path,
@@ -400,6 +532,8 @@ class _Campaign(pytest.Collector):
 
         regions = list(dict.fromkeys(settings.regions)) or list(REGIONS)
         for implementation in implementations:
+            if implementation.name in skipped:
+                continue
             dtypes = [d for d in DTYPES if d in implementation.supports.dtypes
                       and (not settings.dtypes or d in settings.dtypes)]
             for dtype in dtypes:
@@ -441,6 +575,13 @@ class _DifftestItem(pytest.Item):
         if isinstance(excinfo.value, WriteError):
             # A report folder that stopped being writable mid-run is the user's to fix, not a difftest bug.
             return f"difftest: {excinfo.value}"
+        if isinstance(excinfo.value, MemoryBudgetError):
+            # fuzz raises it when Hypothesis gives up because too many drawn cases were over the budget.
+            # The error's own advice names the command line's options, so the text is rebuilt here.
+            error = excinfo.value
+            return (f"difftest: too many cases exceed the memory budget. The first, {error.case}, needs an estimated "
+                    f"{error.needed} bytes, more than the budget of {error.budget} bytes. Lower "
+                    "--difftest-max-elements or raise --difftest-memory-budget")
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Any, Optional[int], str]:
@@ -497,6 +638,9 @@ class _FuzzItem(_DifftestItem):
         database = example_database(settings.profile, str(self.config.rootpath))
         if database is not None:
             database = _NamespacedDatabase(database, f"{self.dtype}/{self.region}")
+        strategy = dict(self.strategy)
+        if settings.max_elements is not None:
+            strategy["max_elements"] = settings.max_elements
         options = FuzzOptions(
             max_examples=max_examples_of(settings.profile, settings.max_examples),
             seed=settings.seed,
@@ -504,8 +648,10 @@ class _FuzzItem(_DifftestItem):
             database=database,
             profile=settings.profile,
             timeout=settings.timeout,
-            strategy=self.strategy,
-            check_invalid=self.check_invalid,
+            memory_budget=settings.memory_budget,
+            check_determinism=settings.check_determinism,
+            strategy=strategy,
+            check_invalid=self.check_invalid and settings.check_invalid,
         )
         with _torch_threads(settings.threads or (1 if _in_worker(self.config) else None)):
             result = fuzz_implementation(self.implementation, options)
@@ -563,6 +709,11 @@ _SUMMARY = pytest.StashKey[str]()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    # In the summary rather than the header, which -q hides.
+    skipped = config.stash.get(_SKIPPED, {})
+    if skipped:
+        reasons = ", ".join(f"{name} ({skip.reason})" for name, skip in skipped.items())
+        terminalreporter.write_line(f"difftest: no search items for {reasons}")
     path = config.stash.get(_SUMMARY, None)
     if path is not None:
         terminalreporter.write_line(f"difftest summary: {path}")

@@ -32,6 +32,7 @@ from difftest.regions import REGIONS, region_strategy
 from difftest.registry import Supports, get, load, register, unregister
 from difftest.reports import load_report, mark_status, report_dict, write_report
 from difftest.runner import evaluate
+from strategies import available_devices
 
 IMPLEMENTATIONS = '''
 import torch.nn.functional as F
@@ -53,6 +54,50 @@ grouped_off_by_one.difftest_supports = {"isolate": False, "dtypes": {"float32"}}
 # The same function once its bug is fixed.
 FIXED = IMPLEMENTATIONS.replace("output + 1 if groups > 1 else output", "output")
 
+# Implementations that need one of the newer options to pass or to fail.
+MORE_IMPLEMENTATIONS = '''
+import torch.nn.functional as F
+
+
+def lenient_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    # Right wherever torch returns, but returns zeros where torch raises.
+    try:
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    except Exception:
+        return input.new_zeros(1)
+
+
+_previous = []
+
+
+def second_call_differs(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    # Off by one only when called again on the very same input tensor.
+    output = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    repeated = bool(_previous) and _previous[0] is input
+    _previous[:] = [input]
+    return output + 1 if repeated else output
+
+
+def big_inputs_off(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    output = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return output + 1 if max(input.numel(), weight.numel()) > 64 else output
+
+
+def half_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def cuda_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+lenient_conv.difftest_supports = {"isolate": False, "dtypes": {"float32", "float64"}}
+second_call_differs.difftest_supports = {"isolate": False, "dtypes": {"float32"}}
+big_inputs_off.difftest_supports = {"isolate": False, "dtypes": {"float32"}}
+half_conv.difftest_supports = {"isolate": False, "dtypes": {"float16"}}
+cuda_conv.difftest_supports = {"isolate": False, "devices": {"cuda"}}
+'''
+
 BASE = ["-p", "no:cacheprovider", "--difftest-dtype", "float32"]
 # A fixed seed makes a run repeatable but, as with Hypothesis's @seed, turns the example database off.
 QUICK = [*BASE, "--difftest-seed", "0"]
@@ -60,7 +105,7 @@ QUICK = [*BASE, "--difftest-seed", "0"]
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(userconv=IMPLEMENTATIONS)
+    pytester.makepyfile(userconv=IMPLEMENTATIONS, moreconv=MORE_IMPLEMENTATIONS)
     return pytester
 
 
@@ -198,12 +243,54 @@ USAGE_ERRORS = {
     "flag_ini": (
         ["--difftest-impl", "loop"], "difftest_no_replay = maybe\n", {},
         "ERROR: difftest_no_replay is invalid: invalid truth value 'maybe'. use true or false"),
+    "max_elements_zero": (
+        ["--difftest-impl", "loop", "--difftest-max-elements", "0"], "", {},
+        "ERROR: --difftest-max-elements='0' is invalid: expected a positive integer"),
+    "memory_budget_negative": (
+        ["--difftest-impl", "loop"], "", {"DIFFTEST_MEMORY_BUDGET": "-1"},
+        "ERROR: DIFFTEST_MEMORY_BUDGET='-1' is invalid: expected a finite number of MiB of at least one byte"),
+    "memory_budget_infinite_ini": (
+        ["--difftest-impl", "loop"], "difftest_memory_budget = inf\n", {},
+        "ERROR: difftest_memory_budget='inf' is invalid: expected a finite number of MiB of at least one byte"),
+    "memory_budget_text": (
+        ["--difftest-impl", "loop", "--difftest-memory-budget", "lots"], "", {},
+        "ERROR: --difftest-memory-budget='lots' is invalid: expected a finite number of MiB of at least one byte"),
+    "no_invalid_env": (
+        ["--difftest-impl", "loop"], "", {"DIFFTEST_NO_INVALID": "maybe"},
+        "ERROR: DIFFTEST_NO_INVALID='maybe' is invalid: expected 1 or 0"),
+    "check_determinism_ini": (
+        ["--difftest-impl", "loop"], "difftest_check_determinism = maybe\n", {},
+        "ERROR: difftest_check_determinism is invalid: invalid truth value 'maybe'. use true or false"),
+    "dtype_outside_one": (
+        ["--difftest-impl", "loop", "--difftest-dtype", "float16"], "", {},
+        "ERROR: --difftest-dtype='float16' is invalid: loop supports dtypes float32, float64 only, not float16. "
+        "pick --difftest-dtype from float32, float64"),
+    "dtype_outside_all": (
+        ["--difftest-impl", "loop", "--difftest-impl", "moreconv.py:lenient_conv"], "",
+        {"DIFFTEST_DTYPE": "float16,bfloat16"},
+        "ERROR: DIFFTEST_DTYPE='float16, bfloat16' is invalid: it leaves no implementation to fuzz, because loop "
+        "supports dtypes float32, float64 only, not float16, bfloat16, and lenient_conv supports dtypes float32, "
+        "float64 only, not float16, bfloat16. pick DIFFTEST_DTYPE from float32, float64"),
+    "device_missing": (
+        ["--difftest-impl", "moreconv.py:cuda_conv"], "", {},
+        "ERROR: --difftest-impl='moreconv.py:cuda_conv' is invalid: cuda_conv supports devices cuda only, but this "
+        "machine has only cpu. run on a machine with cuda"),
+    "spec_twice": (
+        ["--difftest-impl", "loop", "--difftest-impl", "loop"], "", {},
+        "ERROR: --difftest-impl='loop' is invalid: given more than once. pass each implementation once"),
+    "spec_twice_env": (
+        [], "", {"DIFFTEST_IMPL": "userconv.py:good_conv,userconv.py:good_conv"},
+        "ERROR: DIFFTEST_IMPL='userconv.py:good_conv' is invalid: given more than once. pass each implementation "
+        "once"),
 }
+
+# Cases whose message assumes a machine without CUDA.
+NEEDS_NO_CUDA = ("device_missing",)
 
 
 # Every case runs under xdist, where the controller must reject the value before workers start.
 # A few run serially as well.
-SERIAL = ("missing_file", "bad_declaration", "report_dir_file", "flag_ini")
+SERIAL = ("missing_file", "bad_declaration", "report_dir_file", "flag_ini", "dtype_outside_one", "spec_twice")
 
 
 @pytest.mark.parametrize("workers, name", [
@@ -212,6 +299,8 @@ SERIAL = ("missing_file", "bad_declaration", "report_dir_file", "flag_ini")
 ], ids=[*(f"xdist-{name}" for name in USAGE_ERRORS), *(f"serial-{name}" for name in SERIAL)])
 def test_plugin_usage_error_one_line(project, monkeypatch, workers, name):
     arguments, ini, environment, message = USAGE_ERRORS[name]
+    if name in NEEDS_NO_CUDA and "cuda" in available_devices():
+        pytest.skip("this machine has CUDA, so an implementation for CUDA only runs here")
     project.makepyfile(badconv=BAD_DECLARATION)
     (project.path / "other").mkdir()
     (project.path / "other" / "userconv.py").write_text(IMPLEMENTATIONS)
@@ -231,6 +320,93 @@ def test_plugin_usage_error_one_line(project, monkeypatch, workers, name):
     # The controller rejects the value before pytest-xdist starts a worker.
     assert "workers" not in output
     assert not (project.path / "reports").exists()
+
+
+def test_plugin_no_invalid_option(project):
+    arguments = ["-p", "no:cacheprovider", "--difftest-seed", "0", "--difftest-region", "plain",
+                 "--difftest-max-examples", "10", "--difftest-impl", "moreconv.py:lenient_conv"]
+    searched = project.runpytest_subprocess(*arguments)
+    searched.assert_outcomes(failed=2)
+    assert searched.stdout.str().count("lenient_conv: invalid_input_accepted") == 2
+
+    skipped = project.runpytest_subprocess(*arguments, "-n", "2", "--difftest-no-replay", "--difftest-no-invalid")
+    skipped.assert_outcomes(passed=2)
+
+
+def test_plugin_max_elements_option(project):
+    arguments = [*QUICK, "--difftest-region", "plain", "--difftest-max-examples", "20", "--difftest-no-invalid",
+                 "--difftest-no-replay", "--difftest-impl", "moreconv.py:big_inputs_off"]
+    unbounded = project.runpytest_subprocess(*arguments)
+    unbounded.assert_outcomes(failed=1)
+    unbounded.stdout.fnmatch_lines(["big_inputs_off: mismatch"])
+
+    bounded = project.runpytest_subprocess(*arguments, "--difftest-max-elements", "64")
+    bounded.assert_outcomes(passed=1)
+
+
+def test_plugin_check_determinism_option(project):
+    arguments = [*QUICK, "--difftest-region", "plain", "--difftest-max-examples", "10", "--difftest-no-invalid",
+                 "--difftest-impl", "moreconv.py:second_call_differs"]
+    once = project.runpytest_subprocess(*arguments)
+    once.assert_outcomes(passed=1)
+
+    twice = project.runpytest_subprocess(*arguments, "--difftest-check-determinism")
+    twice.assert_outcomes(failed=1)
+    twice.stdout.fnmatch_lines(["second_call_differs: nondeterministic"])
+
+
+def test_plugin_memory_budget_too_small(project):
+    result = project.runpytest_subprocess(*QUICK, "--difftest-region", "plain", "--difftest-max-examples", "5",
+                                          "--difftest-impl", "userconv.py:good_conv",
+                                          "--difftest-memory-budget", "0.001")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "difftest: too many cases exceed the memory budget. The first, *, needs an estimated * bytes, more than the "
+        "budget of 1048 bytes. Lower --difftest-max-elements or raise --difftest-memory-budget"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_new_option_precedence(pytester, monkeypatch):
+    pytester.makeini("[pytest]\ndifftest_max_elements = 100\ndifftest_memory_budget = 2\n"
+                     "difftest_check_determinism = true\n")
+    monkeypatch.setenv("DIFFTEST_NO_INVALID", "1")
+    monkeypatch.setenv("DIFFTEST_MAX_ELEMENTS", "50")
+    settings = settings_from_config(pytester.parseconfigure("--difftest-memory-budget", "0.5"))
+    assert settings.max_elements == 50
+    assert settings.memory_budget == 2**19
+    assert settings.check_invalid is False
+    assert settings.check_determinism is True
+
+    monkeypatch.setenv("DIFFTEST_CHECK_DETERMINISM", "0")
+    monkeypatch.delenv("DIFFTEST_NO_INVALID")
+    settings = settings_from_config(pytester.parseconfigure())
+    assert settings.memory_budget == 2 * 2**20
+    assert settings.check_invalid is True
+    assert settings.check_determinism is False
+
+
+def test_plugin_notes_skipped_dtype(project):
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--co", "-q", "--difftest-dtype", "float16",
+                                          "--difftest-region", "plain", "--difftest-impl", "loop",
+                                          "--difftest-impl", "moreconv.py:half_conv")
+    assert result.ret == pytest.ExitCode.OK
+    assert "difftest: no search items for loop (supports dtypes float32, float64 only, not float16)" in (
+        result.stdout.lines)
+    assert "difftest::fuzz[half_conv-float16-plain]" in result.stdout.lines
+    assert not any("loop" in line for line in result.stdout.lines if line.startswith("difftest::"))
+
+
+def test_plugin_notes_missing_device(project):
+    if "cuda" in available_devices():
+        pytest.skip("this machine has CUDA, so an implementation for CUDA only runs here")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--difftest-seed", "0",
+                                          "--difftest-region", "plain", "--difftest-max-examples", "2",
+                                          "--difftest-impl", "moreconv.py:cuda_conv",
+                                          "--difftest-impl", "userconv.py:good_conv")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "difftest: no search items for cuda_conv (supports devices cuda only, but this machine has only cpu)"])
+    assert "cuda_conv-" not in result.stdout.str()
 
 
 def test_plugin_creates_report_dir_parents(project):
