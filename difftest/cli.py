@@ -81,8 +81,10 @@ def _megabytes(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of MiB") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of MiB above 0")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a finite number of MiB above 0")
+    if value * 2**20 < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected at least one byte ({2**-20:.3g} MiB)")
     return value
 
 
@@ -170,12 +172,15 @@ def _implementations(specs: list[str], isolate: Optional[bool]) -> list[Any]:
         chosen = [get(name) for name in builtins.DEFAULT]
     if isolate is not None:
         chosen = [dataclasses.replace(implementation, isolate=isolate) for implementation in chosen]
-    seen: dict[str, str] = {}
+    seen: dict[str, Any] = {}
     for spec, implementation in zip(specs, chosen):
-        if implementation.name in seen:
-            raise UsageError("--impl", spec, f"has the name {implementation.name!r} of --impl {seen[implementation.name]}",
+        name = implementation.name
+        if name in seen and seen[name][1].target == implementation.target:
+            raise UsageError("--impl", spec, "is given twice", "pass each implementation once")
+        if name in seen:
+            raise UsageError("--impl", spec, f"has the name {name!r} of --impl {seen[name][0]}",
                              "give one a name of its own: set {'name': ...} in its difftest_supports dict")
-        seen[implementation.name] = spec
+        seen[name] = (spec, implementation)
     return chosen
 
 

@@ -480,6 +480,9 @@ def import_target(spec: str) -> Callable[..., Any]:
     return function
 
 
+_BUILT_IN_PREFIX = "difftest.builtins."
+
+
 def load(spec: str, **supports: Any) -> Implementation:
     """Load ``module:function``, ``path/to/file.py:function`` or a registered name.
 
@@ -508,6 +511,11 @@ def load(spec: str, **supports: Any) -> Implementation:
         target = f"{os.path.abspath(module_name)}:{attribute}"
     else:
         target = spec
+    built_in = _REGISTRY.get(name)
+    if built_in is not None and built_in.target.startswith(_BUILT_IN_PREFIX) and built_in.target != target:
+        # Reports and replays find an implementation by name, so a user's may not replace a built-in's.
+        raise SupportsError(label, "name", name, f"is the name of the built-in implementation {built_in.target}",
+                            "choose another name, for example {'name': 'my_" + name + "'}")
     return register(name, function, target=target, isolate=isolate, **declared)
 
 

@@ -430,3 +430,25 @@ def test_evaluate_rejects_undeclared_case(names):
     with pytest.raises(UnsupportedCaseError, match="'no_groups_conv' does not support this case: groups 2 lies "
                                                    "outside what it declared"):
         evaluate(implementation, case)
+
+
+def test_builtin_name_not_taken(tmp_path):
+    module = tmp_path / "named_loop.py"
+    module.write_text(textwrap.dedent("""
+        import torch.nn.functional as F
+
+        def conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+            return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+        conv.difftest_supports = {"name": "loop"}
+    """))
+    with pytest.raises(SupportsError, match="name='loop' is invalid: is the name of the built-in implementation "
+                                            "difftest.builtins._loop:conv2d"):
+        load(f"{module}:conv")
+    assert registry.get("loop").target == "difftest.builtins._loop:conv2d"
+
+
+def test_same_impl_twice_rejected(capsys):
+    assert main(["fuzz", "--impl", "loop", "--impl", "loop"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "difftest fuzz: error: --impl='loop' is invalid: is given twice. pass each implementation once")

@@ -707,7 +707,14 @@ def test_bad_implementation_one_line(spec, message, bad_file, tmp_path, capsys):
     (["--max-elements", "0"],
      "argument --max-elements: invalid value '0': expected a positive integer (see difftest fuzz --help)"),
     (["--memory-budget", "0"],
-     "argument --memory-budget: invalid value '0': expected a number of MiB above 0 (see difftest fuzz --help)"),
+     "argument --memory-budget: invalid value '0': expected a finite number of MiB above 0 "
+     "(see difftest fuzz --help)"),
+    (["--memory-budget", "inf"],
+     "argument --memory-budget: invalid value 'inf': expected a finite number of MiB above 0 "
+     "(see difftest fuzz --help)"),
+    (["--memory-budget", "1e-9"],
+     "argument --memory-budget: invalid value '1e-9': expected at least one byte (9.54e-07 MiB) "
+     "(see difftest fuzz --help)"),
     (["--memory-budget", "lots"],
      "argument --memory-budget: invalid value 'lots': expected a number of MiB (see difftest fuzz --help)"),
     (["--timeout", "0"],
