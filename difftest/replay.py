@@ -178,6 +178,10 @@ def find_reports(paths: list[str]) -> list[str]:
             # glob skips names that start with a dot, so the .tmp-* files a
             # killed run can leave behind (see difftest._atomic) are never read.
             found.extend(sorted(glob.glob(os.path.join(path, "*.json"))))
+        elif path.endswith(".py") and os.path.isfile(path[: -len(".py")] + ".json"):
+            # The reproduction script next to a report: the report is what replays.
+            raise UsageError("PATH", path, "is a reproduction script, not a report",
+                             f"pass {path[: -len('.py')]}.json, or run the script itself with python")
         elif os.path.exists(path):
             found.append(path)
         else:

@@ -306,3 +306,14 @@ def test_replay_help_states_exit_statuses(capsys):
     assert ("Exit status: 2 when any report is invalid or a folder cannot be written, else 1 when any failure still "
             "reproduces, else 0.") in text
     assert "the other reports still replay" in text
+
+
+def test_replay_script_path_points_to_report(tmp_path, capsys):
+    report = tmp_path / "impl--mismatch--0123456789.json"
+    report.write_text("{}")
+    script = tmp_path / "impl--mismatch--0123456789.py"
+    script.write_text("")
+    assert main(["replay", str(script)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"difftest replay: error: PATH='{script}' is invalid: is a reproduction script, not a report. "
+        f"pass {report}, or run the script itself with python")
