@@ -202,7 +202,9 @@ def _fuzz(arguments: argparse.Namespace) -> int:
             if device.split(":")[0] not in present:
                 raise UsageError("--device", device, "not present on this machine",
                                  f"present: {', '.join(present)}")
-    implementations = _implementations(arguments.impl, arguments.isolate)
+    # Importing a module runs its top level, which may print too.
+    with _stdout_to_stderr(arguments.json):
+        implementations = _implementations(arguments.impl, arguments.isolate)
     timeout = _timeout(arguments, implementations)
     strategy: dict[str, Any] = {}
     if arguments.dtype:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from difftest.case import DTYPES
 from difftest.errors import UsageError
 from difftest.registry import Implementation
-from difftest.runner import PASS, Outcome, call_in_process
+from difftest.runner import PASS, Outcome, call_in_process, exception_text
 from difftest.values import Inputs
 
 __all__ = [
@@ -247,7 +246,7 @@ def evaluate_invalid(implementation: Implementation, call: InvalidCall, *, calle
     try:
         torch_output = call.torch_call(call.arguments())
     except Exception as error:  # torch rejecting the call is the expected case, not an error of the run
-        outcome.torch_exception = _exception_text(error)
+        outcome.torch_exception = exception_text(error)
     else:
         outcome.torch_shape = tuple(torch_output.shape)
 
@@ -256,7 +255,7 @@ def evaluate_invalid(implementation: Implementation, call: InvalidCall, *, calle
         output = caller(implementation, call, call.arguments())
     except (Exception, SystemExit) as error:
         verdict = getattr(error, "difftest_verdict", None)
-        outcome.exception = _exception_text(error)
+        outcome.exception = exception_text(error)
         if verdict is not None:
             # A crash, a timeout or a broken contract in a worker process.
             outcome.verdict, outcome.detail = verdict, str(error)
@@ -283,10 +282,6 @@ def evaluate_invalid(implementation: Implementation, call: InvalidCall, *, calle
     else:
         outcome.detail = f"both return a result of shape {shape}"
     return outcome
-
-
-def _exception_text(error: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
 def _type_name(text: Optional[str]) -> str:

@@ -255,14 +255,14 @@ def evaluate(
         # also ends the run here instead of becoming an 'exception' finding.
         raise
     except NotImplementedError as error:
-        outcome.verdict, outcome.exception = "not_implemented", _exception_text(error)
+        outcome.verdict, outcome.exception = "not_implemented", exception_text(error)
         outcome.detail = f"raised NotImplementedError: {error}"
         return outcome
     except (Exception, SystemExit) as error:
         # SystemExit is the implementation calling sys.exit(), a finding like
         # any exception. KeyboardInterrupt still stops the run.
         verdict = getattr(error, "difftest_verdict", "exception")
-        outcome.verdict, outcome.exception = verdict, _exception_text(error)
+        outcome.verdict, outcome.exception = verdict, exception_text(error)
         raised = getattr(error, "difftest_raised", type(error).__name__)
         outcome.detail = str(error) if verdict != "exception" else f"raised {raised}: {error}"
         return outcome
@@ -348,7 +348,12 @@ def _second_call(implementation: Implementation, case: ConvCase, context: CaseCo
                                 f"greatest difference {spread.greatest.error:.3g} at {spread.greatest.index}")
 
 
-def _exception_text(error: BaseException) -> str:
+def exception_text(error: BaseException) -> str:
+    """Return an exception as its report shows it: 'Type: message'."""
+    raised = getattr(error, "difftest_raised", None)
+    if raised is not None:
+        # An exception the worker could not send back as itself (see difftest.isolation).
+        return f"{raised}: {error}" if str(error) else raised
     lines = traceback.format_exception_only(type(error), error)
     return "".join(lines).strip()
 

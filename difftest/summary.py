@@ -54,6 +54,11 @@ def render_table(results: Iterable[ImplementationResult]) -> str:
             diagnosis = (result.analysis or {}).get("diagnosis") or {}
             if diagnosis.get("summary"):
                 lines.append(f"  diagnosis: {diagnosis['summary']}")
+            if result.note:
+                lines.append(f"  note: {result.note}")
+            if result.invalid_report and result.invalid_report != result.report:
+                lines.append(f"  also a {result.invalid_outcome.verdict} on an invalid call: "
+                             f"{_shown_path(result.invalid_report)}")
             if result.outcome.reference_suspect:
                 # torch is wrong too on this case, so the user should not take torch's output as the answer.
                 lines.append(f"  reference suspect: {result.outcome.reference_suspect}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -414,3 +415,13 @@ def test_huge_memory_limit_sets_no_limit():
     with isolated_caller(timeout=30, memory_limit=2**70) as huge:
         outcome = evaluate(isolated(conv2d), PLAIN, caller=huge)
     assert outcome.verdict == "pass", outcome.detail
+
+
+def test_shrink_stopped_by_timeouts_is_noted(tmp_path):
+    implementation = broken_implementation(broken.hang_when_tall)
+    options = FuzzOptions(max_examples=50, seed=0, timeout=0.5, max_shrink_timeouts=1, analyse=False,
+                          check_invalid=False, report_dir=str(tmp_path))
+    (result,) = fuzz([implementation], options)
+    assert result.verdict == "timeout"
+    # The limit stops new cases; cases that failed before still run again, and may time out again.
+    assert re.fullmatch(r"shrinking stopped after \d+ calls timed out, so the case may not be minimal", result.note)

@@ -871,3 +871,39 @@ def test_report_with_bad_timeout_rejected(tmp_path, capsys):
     capsys.readouterr()
     assert main(["replay", report]) == 2
     assert "field 'timeout' is 'soon', expected seconds above 0" in capsys.readouterr().out
+
+
+PRINTS_AT_IMPORT = """
+print("hello at import")
+
+import torch.nn.functional as F
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+"""
+
+
+def test_json_survives_print_at_import(tmp_path):
+    module = tmp_path / "prints_at_import.py"
+    module.write_text(PRINTS_AT_IMPORT)
+    completed = subprocess.run([sys.executable, "-m", "difftest.cli", "fuzz", "--impl", f"{module}:conv2d", "--json",
+                                "--max-examples", "5", "--no-invalid", "--report-dir", str(tmp_path / "reports")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["implementations"][0]["verdict"] == "pass"
+    assert "hello at import" in completed.stderr
+
+
+def test_isolated_sys_exit_report_names_system_exit(tmp_path, capsys):
+    from difftest.summary import _shown_path
+
+    module = tmp_path / "exits_when_called.py"
+    module.write_text(EXITS_WHEN_CALLED)
+    reports = tmp_path / "reports"
+    assert main(["fuzz", "--impl", f"{module}:conv2d", "--max-examples", "5", "--report-dir", str(reports)]) == 1
+    output = capsys.readouterr().out
+    [value] = [json.load(open(path)) for path in glob.glob(str(reports / "*--exception--*.json"))]
+    assert value["exception"] == "SystemExit: 0"
+    [invalid] = glob.glob(str(reports / "*--valid_input_rejected--*.json"))
+    assert f"  also a valid_input_rejected on an invalid call: {_shown_path(invalid)}" in output.splitlines()
