@@ -480,7 +480,7 @@ def _exception_payload(error: BaseException) -> tuple[Optional[bytes], str, str,
     return pickled, f"{kind.__module__}.{kind.__qualname__}", str(error), text
 
 
-_LARGEST_RLIMIT = 2**63 - 1
+_MAX_RLIMIT = 2**63 - 1
 
 
 @contextlib.contextmanager
@@ -496,7 +496,7 @@ def _address_space_limit(extra: Optional[int]) -> Iterator[None]:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = size + int(extra)  # type: ignore[arg-type]
-    if limit >= _LARGEST_RLIMIT:
+    if limit >= _MAX_RLIMIT:
         # setrlimit takes a C long, and a limit this large limits nothing anyway.
         limit = resource.RLIM_INFINITY
     if hard != resource.RLIM_INFINITY:

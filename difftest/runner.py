@@ -119,7 +119,8 @@ class CaseContext:
         case = self.case
         pads = explicit_padding(case.padding, case.kernel, case.dilation)
         # A linear convolution by FFT needs a transform at least the padded
-        # input's size; allow up to twice that on each axis (the next power of two).
+        # input's size. Rounding up to the next power of two can double it on
+        # each axis, so allow that.
         return 4 * (case.height + pads[0] + pads[1]) * (case.width + pads[2] + pads[3])
 
     def normwise_scale(self) -> torch.Tensor:

@@ -60,7 +60,7 @@ def render_table(results: Iterable[ImplementationResult]) -> str:
                 lines.append(f"  also a {result.invalid_outcome.verdict} on an invalid call: "
                              f"{_shown_path(result.invalid_report)}")
             if result.outcome.reference_suspect:
-                # torch is wrong too on this case, so the user should not take torch's output as the answer.
+                # torch is wrong too on this case, so torch's output is not the expected result there.
                 lines.append(f"  reference suspect: {result.outcome.reference_suspect}")
     return "\n".join(lines)
 
