@@ -14,8 +14,8 @@ from difftest.errors import WriteError
 __all__ = ["write_atomic"]
 
 
-def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+def write_atomic(path: str, text: str | bytes, mode: int = 0o644) -> None:
+    """Write ``text`` (UTF-8 text, or bytes as they are) to ``path`` through a temporary file and a rename.
 
     A reader, or a run killed half-way, sees either no file or the whole file:
     os.replace is atomic on POSIX and Windows within one file system. Ctrl-C
@@ -34,12 +34,13 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
             raise WriteError(path, error.strerror or str(error)) from error
 
 
-def _write(path: str, text: str, mode: int) -> None:
+def _write(path: str, text: str | bytes, mode: int) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    data = text.encode("utf-8") if isinstance(text, str) else text
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, mode)

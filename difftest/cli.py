@@ -238,7 +238,7 @@ def _fuzz(arguments: argparse.Namespace) -> int:
         timeout=timeout,
         memory_budget=memory_budget,
         strategy=strategy,
-        on_example=progress.on_example,
+        on_example=_checking_interrupts(progress.on_example),
     )
 
     replays: list[Any] = []
@@ -283,6 +283,14 @@ def _as_option(error: UsageError) -> UsageError:
     if option is None:
         return error
     return UsageError(option, error.value, error.reason, error.fix.replace(f"pick {error.name} ", f"pass {option} "))
+
+
+def _checking_interrupts(on_example: Any) -> Any:
+    """Return ``on_example`` preceded by a check for a signal whose KeyboardInterrupt was ignored."""
+    def checked(outcome: Any) -> None:
+        check_interrupted()
+        on_example(outcome)
+    return checked
 
 
 def _timeout(arguments: argparse.Namespace, implementations: list[Any]) -> float:
@@ -520,9 +528,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(arguments.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"fuzz": _fuzz, "list": _list, "replay": _replay, "summary": _summary}
-    previous = _interrupt_on_sigterm()
+    _interrupted.clear()
+    previous = _interrupt_on_signals()
     try:
-        return handlers[arguments.command](arguments)
+        status = handlers[arguments.command](arguments)
+        if _interrupted:
+            # The KeyboardInterrupt was raised where Python ignores exceptions
+            # (a garbage-collector callback, say), so the run went on.
+            raise KeyboardInterrupt
+        return status
     except DifftestError as error:
         print(f"difftest {arguments.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -531,19 +545,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     finally:
         _stop_workers()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# The signals received during this run, kept because a KeyboardInterrupt
+# raised inside a garbage-collector callback or a __del__ method is ignored.
+_interrupted: list[int] = []
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    _interrupted.append(signum)
     raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
 
 
-def _interrupt_on_sigterm() -> Any:
-    """Make SIGTERM (a CI timeout, ``kill``) stop the run as Ctrl-C does, so cleanup runs; return the old handler."""
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt again when a signal arrived and its first one was ignored."""
+    if _interrupted:
+        raise KeyboardInterrupt(f"received signal {signal.Signals(_interrupted[0]).name}")
+
+
+def _interrupt_on_signals() -> dict[int, Any]:
+    """Make SIGINT and SIGTERM (a CI timeout, ``kill``) stop the run, so cleanup runs; return the old handlers."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
+        return {}
+    return {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _stop_workers() -> None:

@@ -6,14 +6,16 @@ and a note is logged once per process.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-import tempfile
 from typing import Optional
 
 import torch
 
+from difftest._atomic import write_atomic
+from difftest.errors import WriteError
 from difftest.runner import CaseContext, Outcome
 
 __all__ = ["heatmap_path", "error_map", "render_heatmap"]
@@ -115,23 +117,13 @@ def render_heatmap(outcome: Outcome, context: CaseContext, path: str) -> Optiona
     figure.suptitle(f"{outcome.implementation}\n{label}", fontsize=9)
     figure.tight_layout()
 
-    folder = os.path.dirname(os.path.abspath(path))
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    except OSError as error:
+        write_atomic(path, image.getvalue())
+    except WriteError as error:
         # The report matters more than its picture, and writing the report
         # into the same folder reports the folder's problem.
-        logger.warning("cannot save the error heatmap %s: %s", path, error)
+        logger.warning("cannot save the error heatmap: %s", error)
         return None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=100)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
     return os.path.basename(path)

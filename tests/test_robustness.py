@@ -907,3 +907,17 @@ def test_isolated_sys_exit_report_names_system_exit(tmp_path, capsys):
     assert value["exception"] == "SystemExit: 0"
     [invalid] = glob.glob(str(reports / "*--valid_input_rejected--*.json"))
     assert f"  also a valid_input_rejected on an invalid call: {_shown_path(invalid)}" in output.splitlines()
+
+
+def test_ignored_interrupt_still_stops_run(monkeypatch, capsys):
+    from difftest import cli
+
+    def fuzz_whose_interrupt_was_ignored(arguments):
+        # As when the KeyboardInterrupt is raised inside a garbage-collector callback, which Python ignores.
+        cli._interrupted.append(signal.SIGINT)
+        return 0
+
+    monkeypatch.setattr(cli, "_fuzz", fuzz_whose_interrupt_was_ignored)
+    assert main(["fuzz"]) == 130
+    assert capsys.readouterr().err.strip() == "difftest: interrupted; reports written so far are complete"
+    assert main(["list"]) == 0
