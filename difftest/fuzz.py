@@ -14,13 +14,14 @@ from hypothesis.database import ExampleDatabase
 from hypothesis.errors import FailedHealthCheck, Flaky, Unsatisfiable
 
 from difftest._contract import tensor_bits
-from difftest.case import ConvCase
+from difftest.case import DTYPES, ConvCase
 from difftest.errors import MemoryBudgetError, UsageError
 from difftest.registry import Implementation
 from difftest.reports import report_dict, write_report
 from difftest.runner import CaseContext, Outcome, caller_for, evaluate
 
-__all__ = ["FuzzOptions", "ImplementationResult", "ImplementationFailure", "fuzz", "fuzz_implementation"]
+__all__ = ["FuzzOptions", "ImplementationResult", "ImplementationFailure", "NarrowingGap", "fuzz",
+           "fuzz_implementation", "narrowing_gap"]
 
 logger = logging.getLogger(__name__)
 
@@ -405,7 +406,8 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
     that leaves none, the narrowing is a usage error.
     """
     implementations = list(implementations)
-    outside = {implementation.name: _outside_narrowing(implementation, options) for implementation in implementations}
+    outside = {implementation.name: narrowing_gap(implementation, options.strategy)
+               for implementation in implementations}
     if implementations and all(outside.values()):
         first = outside[implementations[0].name]
         assert first is not None
@@ -426,7 +428,7 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
         if narrowing is not None:
             result = ImplementationResult(implementation.name, verdict="skipped",
                                           expected_to_fail=implementation.expected_to_fail,
-                                          note=f"{narrowing.supported()}, not {', '.join(narrowing.requested)}")
+                                          note=narrowing.reason())
         else:
             result = fuzz_implementation(implementation, options)
         results.append(result)
@@ -436,8 +438,8 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
 
 
 @dataclass(frozen=True)
-class _Outside:
-    """A narrowing of the campaign (``name`` is 'dtypes' or 'devices') that leaves an implementation nothing."""
+class NarrowingGap:
+    """A narrowing of a campaign (``name`` is 'dtypes' or 'devices') that leaves an implementation nothing."""
 
     name: str
     requested: tuple[str, ...]
@@ -446,15 +448,24 @@ class _Outside:
     requested_by_campaign: bool = True
 
     def supported(self) -> str:
-        return f"supports {self.name} {', '.join(self.allowed)} only"
+        return f"supports {self.name} {', '.join(self.allowed) or 'none'} only"
+
+    def reason(self) -> str:
+        """Return why the implementation gets nothing, as 'supports dtypes float32 only, not float16'."""
+        if self.requested_by_campaign:
+            return f"{self.supported()}, not {', '.join(self.requested)}"
+        return f"{self.supported()}, but this machine has only {', '.join(self.requested)}"
 
 
-def _outside_narrowing(implementation: Implementation, options: FuzzOptions) -> Optional[_Outside]:
-    """Return the narrowing when the campaign's dtypes or devices leave nothing ``implementation`` supports."""
+def narrowing_gap(implementation: Implementation, strategy: dict[str, Any]) -> Optional[NarrowingGap]:
+    """Return the gap when the dtypes or devices in ``strategy`` (conv_cases arguments) leave ``implementation`` nothing.
+
+    Without a 'devices' entry, the devices present on this machine are the
+    request. Dtypes are listed in difftest.case.DTYPES order, devices sorted.
+    """
     from strategies import available_devices, check_narrowing
 
-    # Without a narrowing, the devices present on this machine are the request.
-    narrowing = {key: value for key, value in options.strategy.items() if key in ("dtypes", "devices")}
+    narrowing = {key: value for key, value in strategy.items() if key in ("dtypes", "devices") and value}
     try:
         check_narrowing(implementation.supports, **narrowing)
     except UsageError as error:
@@ -463,6 +474,9 @@ def _outside_narrowing(implementation: Implementation, options: FuzzOptions) -> 
         requested = narrowing.get(error.name, available_devices())
         requested = (requested,) if isinstance(requested, str) else tuple(requested)
         supports = implementation.supports
-        allowed = supports.dtypes if error.name == "dtypes" else supports.devices
-        return _Outside(error.name, requested, tuple(sorted(allowed)), error.name in narrowing)
+        if error.name == "dtypes":
+            allowed = tuple(dtype for dtype in DTYPES if dtype in supports.dtypes)
+        else:
+            allowed = tuple(sorted(supports.devices))
+        return NarrowingGap(error.name, tuple(dict.fromkeys(requested)), allowed, error.name in narrowing)
     return None

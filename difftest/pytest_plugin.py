@@ -96,6 +96,7 @@ import pytest
 import difftest.profiles  # noqa: F401  (registers the profiles before Hypothesis's plugin loads one)
 from difftest.case import DTYPES, ConvCase
 from difftest.errors import DifftestError, MemoryBudgetError, SupportsError, UsageError, WriteError
+from difftest.fuzz import NarrowingGap
 from difftest.isolation import MAX_TIMEOUT
 from difftest.registry import Implementation
 
@@ -338,7 +339,7 @@ def _usage_error(source: str, value: Any, error: DifftestError) -> pytest.UsageE
 
 _SETTINGS = pytest.StashKey[PluginSettings]()
 _IMPLEMENTATIONS = pytest.StashKey["list[Implementation]"]()
-_SKIPPED = pytest.StashKey["dict[str, _Skip]"]()
+_SKIPPED = pytest.StashKey["dict[str, NarrowingGap]"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -408,51 +409,27 @@ def _load_implementations(settings: PluginSettings) -> dict[str, Implementation]
     return specs
 
 
-@dataclass(frozen=True)
-class _Skip:
-    """Why an implementation gets no search items: the narrowing ('dtypes' or 'devices') and what it supports."""
-
-    name: str
-    allowed: tuple[str, ...]
-    reason: str
-
-
-def _skipped_implementations(settings: PluginSettings, specs: dict[str, Implementation]) -> dict[str, _Skip]:
+def _skipped_implementations(settings: PluginSettings, specs: dict[str, Implementation]) -> dict[str, NarrowingGap]:
     """Find the implementations that the dtypes or this machine's devices leave nothing to search, keyed by name.
 
     Raise pytest's usage error when that is every implementation, as
     ``difftest fuzz`` does, because the run would otherwise collect nothing
     from them and exit without saying why.
     """
-    from strategies import available_devices, check_narrowing
+    from difftest.fuzz import narrowing_gap
 
-    present = available_devices()
-    skipped: dict[str, _Skip] = {}
+    skipped: dict[str, NarrowingGap] = {}
     for implementation in specs.values():
-        try:
-            check_narrowing(implementation.supports, dtypes=settings.dtypes or None)
-        except UsageError as error:
-            if error.name not in ("dtypes", "devices"):
-                raise
-            skipped[implementation.name] = _skip(implementation, error.name, settings.dtypes, present)
+        gap = narrowing_gap(implementation, {"dtypes": settings.dtypes})
+        if gap is not None:
+            skipped[implementation.name] = gap
     if skipped and len(skipped) == len(specs):
-        raise _nothing_left(settings, specs, skipped, present)
+        raise _nothing_left(settings, specs, skipped)
     return skipped
 
 
-def _skip(implementation: Implementation, narrowing: str, dtypes: list[str], present: tuple[str, ...]) -> _Skip:
-    supports = implementation.supports
-    if narrowing == "dtypes":
-        allowed = tuple(d for d in DTYPES if d in supports.dtypes)
-        reason = f"supports dtypes {', '.join(allowed)} only, not {', '.join(dict.fromkeys(dtypes))}"
-    else:
-        allowed = tuple(sorted(supports.devices))
-        reason = f"supports devices {', '.join(allowed) or 'none'} only, but this machine has only {', '.join(present)}"
-    return _Skip(narrowing, allowed, reason)
-
-
-def _nothing_left(settings: PluginSettings, specs: dict[str, Implementation], skipped: dict[str, _Skip],
-                  present: tuple[str, ...]) -> pytest.UsageError:
+def _nothing_left(settings: PluginSettings, specs: dict[str, Implementation],
+                  skipped: dict[str, NarrowingGap]) -> pytest.UsageError:
     """Return the usage error for narrowing that leaves every implementation nothing to search.
 
     It names --difftest-dtype (or its ini key or variable) when the dtypes
@@ -469,8 +446,8 @@ def _nothing_left(settings: PluginSettings, specs: dict[str, Implementation], sk
         fix = f"run on a machine with {' or '.join(sorted({d for s in skipped.values() for d in s.allowed}))}"
     if len(skipped) == 1:
         [(name, skip)] = skipped.items()
-        return pytest.UsageError(f"{source}={value!r} is invalid: {name} {skip.reason}. {fix}")
-    reasons = ", and ".join(f"{name} {skip.reason}" for name, skip in skipped.items())
+        return pytest.UsageError(f"{source}={value!r} is invalid: {name} {skip.reason()}. {fix}")
+    reasons = ", and ".join(f"{name} {skip.reason()}" for name, skip in skipped.items())
     return pytest.UsageError(f"{source}={value!r} is invalid: it leaves no implementation to fuzz, because "
                              f"{reasons}. {fix}")
 
@@ -712,7 +689,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     # In the summary rather than the header, which -q hides.
     skipped = config.stash.get(_SKIPPED, {})
     if skipped:
-        reasons = ", ".join(f"{name} ({skip.reason})" for name, skip in skipped.items())
+        reasons = ", ".join(f"{name} ({skip.reason()})" for name, skip in skipped.items())
         terminalreporter.write_line(f"difftest: no search items for {reasons}")
     path = config.stash.get(_SUMMARY, None)
     if path is not None:

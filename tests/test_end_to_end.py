@@ -190,7 +190,7 @@ def test_absent_device_only_implementation_skipped(tmp_path):
     options = difftest.FuzzOptions(max_examples=5, seed=0, check_invalid=False, report_dir=str(tmp_path))
     skipped, loop = difftest.fuzz([cuda_only, get("loop")], options)
     assert skipped.verdict == "skipped"
-    assert skipped.note == "supports devices cuda only, not cpu"
+    assert skipped.note == "supports devices cuda only, but this machine has only cpu"
     assert loop.verdict == "pass"
     with pytest.raises(difftest.UsageError, match="supports devices cuda only, and this machine has cpu"):
         difftest.fuzz([cuda_only], options)
