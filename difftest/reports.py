@@ -353,7 +353,7 @@ def _rejection(case: ConvCase) -> str:
     try:
         too_large = budget is not None and estimate_case_bytes(case) > budget
     except ArithmeticError:
-        # A stride of 0 leaves the output size undefined, and torch's error says so.
+        # A stride of 0 leaves the output size undefined, and torch's own error reports that.
         too_large = False
     if case.device != "cpu" or too_large:
         return "ConvCase.is_valid is false"
