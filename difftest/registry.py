@@ -74,6 +74,13 @@ _BOOLEAN_OPTIONS = ("stride", "dilation", "groups", "bias", "unbatched")
 _DECLARATION_KEYS = ("name", "isolate", "description", "expected_to_fail")
 
 
+def _also(others: list[str]) -> str:
+    """Name the other bad entries after the first, so one error lists them all."""
+    if not others:
+        return ""
+    return f", as {'is' if len(others) == 1 else 'are'} {', '.join(others)}"
+
+
 def _frozen(name: str, values: Any, allowed: tuple[str, ...]) -> frozenset[str]:
     """Return ``values`` as a set of names from ``allowed``. A single name may also be passed as a string."""
     example = f"for example {name}={{{allowed[0]!r}}}"
@@ -89,7 +96,7 @@ def _frozen(name: str, values: Any, allowed: tuple[str, ...]) -> frozenset[str]:
     result = frozenset(values)
     unknown = sorted(result - set(allowed))
     if unknown:
-        raise UsageError(name, unknown[0], "unknown name", f"use names from {', '.join(allowed)}")
+        raise UsageError(name, unknown[0], "unknown name" + _also(unknown[1:]), f"use names from {', '.join(allowed)}")
     if not result:
         raise UsageError(name, set(), "expected at least one value", example)
     return result
@@ -355,9 +362,13 @@ def _supports(implementation: str, options: dict[str, Any]) -> Supports:
 
 def _check_keys(implementation: str, declared: Mapping[str, Any], known: Iterable[str]) -> None:
     known = tuple(known)
-    for key, value in declared.items():
-        if key not in known:
-            raise SupportsError(implementation, key, value, "unknown option", f"use one of {', '.join(known)}")
+    unknown = [key for key in declared if key not in known]
+    if not unknown:
+        return
+    # Name every unknown key at once, so a user fixes a declaration in one pass.
+    first = unknown[0]
+    raise SupportsError(implementation, first, declared[first], "unknown option" + _also(unknown[1:]),
+                        f"use one of {', '.join(known)}")
 
 
 def _infer_supports(name: str, function: Callable[..., Any], declared: dict[str, Any]) -> Supports:

@@ -220,6 +220,8 @@ BAD_DECLARATIONS = [
                                     "got dict. for example dtypes={'float32'}"),
     ({"dtypes": []}, "dtypes=set() is invalid: expected at least one value. for example dtypes={'float32'}"),
     ({"devices": {"gpu"}}, "devices='gpu' is invalid: unknown name. use names from cpu, cuda, mps"),
+    ({"devices": {"gpu", "tpu", "cpu"}}, "devices='gpu' is invalid: unknown name, as is tpu. use names from "
+                                         "cpu, cuda, mps"),
     ({"layouts": 3}, "layouts=3 is invalid: expected a list, tuple or set of names, got int. for example "
                      "layouts={'contiguous'}"),
     ({"error_model": "spectral"}, "error_model='spectral' is invalid: expected one of elementwise, normwise. use "
@@ -254,6 +256,14 @@ def test_register_rejects_unknown_option(names):
         _register(names, "declared_conv", good_conv, grouped=True)
     assert str(raised.value).startswith(
         "implementation 'declared_conv': grouped=True is invalid: unknown option. use one of dtypes, devices, ")
+
+
+def test_register_names_every_unknown_option(names):
+    with pytest.raises(SupportsError) as raised:
+        _register(names, "declared_conv", good_conv, grouped=True, dtype="float32", paddings={"same"})
+    assert str(raised.value).startswith(
+        "implementation 'declared_conv': grouped=True is invalid: unknown option, as are dtype, paddings. "
+        "use one of dtypes, devices, ")
 
 
 def test_supports_rejects_bad_value_directly():
