@@ -58,6 +58,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerTimeout",
     "ContractViolation",
+    "MemoryLimitExceeded",
     "require_importable",
     "MAX_TIMEOUT",
     "close_all",
@@ -89,6 +90,41 @@ class WorkerTimeout(TimeoutError):
     """The worker gave no result within the time limit and was killed."""
 
     difftest_verdict = "timeout"
+
+
+class MemoryLimitExceeded(RuntimeError):
+    """An allocation that failed at the worker's memory limit.
+
+    The limit is the memory budget. Either the implementation allocates
+    without bound or the budget is too small for it, so the message names
+    the limit for the user to tell which.
+    """
+
+    difftest_verdict = "out_of_memory"
+
+    def __init__(self, limit: int, raised: str) -> None:
+        self.limit = limit
+        # What the implementation raised, shown as the report's exception.
+        self.difftest_exception = raised
+        super().__init__(f"ran out of memory at the worker's limit of {_mib(limit)} more per call ({raised}). "
+                         "If it needs that much on this case, raise the memory budget "
+                         "(--memory-budget, or --difftest-memory-budget under pytest)")
+
+    def __reduce__(self) -> Any:
+        return (MemoryLimitExceeded, (self.limit, self.difftest_exception))
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.4g} MiB"
+
+
+# torch's CPU allocator reports a failed allocation as a RuntimeError with this text.
+_TORCH_ALLOCATION_FAILED = "can't allocate memory"
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError)
+                                              and _TORCH_ALLOCATION_FAILED in str(error))
 
 
 class ContractViolation(RuntimeError):
@@ -160,7 +196,11 @@ class IsolatedCaller:
         if kind == "violated":
             raise ContractViolation(reply[1], reply[2])
         if kind == "raised":
-            raise _rebuild_exception(*reply[1:])
+            error = _rebuild_exception(*reply[1:])
+            if _limited(self.memory_limit, case) is not None and _out_of_memory(error):
+                raised = getattr(error, "difftest_raised", type(error).__name__)
+                raise MemoryLimitExceeded(self.memory_limit, f"{raised}: {error}") from error
+            raise error
         raise RuntimeError(f"unexpected reply {kind!r} from the worker process")
 
     def _ready_worker(self, implementation: Any) -> _Worker:
@@ -436,10 +476,7 @@ def _call(functions: dict[str, Any], implementations: dict[str, Any], stub: Any,
     before = snapshot(inputs)
     failure: Optional[BaseException] = None
     output: Any = None
-    # NOTE: calls on an accelerator run without the address-space limit,
-    # because CUDA reserves far more virtual memory than it uses when it starts.
-    limit = memory_limit if str(case.device).startswith("cpu") else None
-    with _address_space_limit(limit):
+    with _address_space_limit(_limited(memory_limit, case)):
         try:
             output = implementation.call(inputs.input, inputs.weight, inputs.bias, case)
         except BaseException as error:
@@ -455,6 +492,13 @@ def _call(functions: dict[str, Any], implementations: dict[str, Any], stub: Any,
     if isinstance(output, torch.Tensor):
         output = output.detach()
     return ("returned", output)
+
+
+def _limited(memory_limit: Optional[int], case: Any) -> Optional[int]:
+    """Return the address-space limit a call on ``case`` runs under (None: no limit)."""
+    # NOTE: calls on an accelerator run without the address-space limit,
+    # because CUDA reserves far more virtual memory than it uses when it starts.
+    return memory_limit if str(case.device).startswith("cpu") else None
 
 
 def _pickle_reply(reply: tuple[Any, ...]) -> bytes:

@@ -38,7 +38,8 @@ VERDICTS = {
     "wrong_type": "returned something other than a tensor",
     "exception": "raised an exception on a valid case",
     "not_implemented": "raised NotImplementedError on a case it declared supported",
-    "crash": "the process running it died (segmentation fault, abort, out of memory)",
+    "crash": "the process running it died (segmentation fault, abort, killed for memory)",
+    "out_of_memory": "an allocation failed at its worker's memory limit",
     "timeout": "did not return within the time limit",
     "mutates_input": "modified its input, weight or bias in place",
     "output_aliases_input": "returned a tensor sharing memory with an input",
@@ -263,7 +264,8 @@ def evaluate(
         # SystemExit is the implementation calling sys.exit(), a finding like
         # any exception. KeyboardInterrupt still stops the run.
         verdict = getattr(error, "difftest_verdict", "exception")
-        outcome.verdict, outcome.exception = verdict, exception_text(error)
+        outcome.verdict = verdict
+        outcome.exception = getattr(error, "difftest_exception", None) or exception_text(error)
         raised = getattr(error, "difftest_raised", type(error).__name__)
         outcome.detail = str(error) if verdict != "exception" else f"raised {raised}: {error}"
         return outcome
