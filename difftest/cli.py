@@ -32,6 +32,8 @@ DEFAULT_MAX_EXAMPLES = 100
 DEFAULT_REPORT_DIR = "reports"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PROFILE = "difftest-dev"
+# FuzzOptions.max_shrink_timeouts's default, kept here so --help needs no torch import.
+DEFAULT_SHRINK_TIMEOUTS = 8
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MiB a case may use: cases whose inputs, float64 truth and bound are estimated to need "
                            "more are skipped, and an isolated call may grow its worker's address space by at most "
                            "this much (default: half the physical memory)")
+    fuzz.add_argument("--max-shrink-timeouts", type=_positive_int, default=None, metavar="N",
+                      help="stop shrinking a failure after N calls have timed out, each costing a full --timeout, "
+                           f"and report the smallest failure so far (default {DEFAULT_SHRINK_TIMEOUTS})")
     isolation = fuzz.add_mutually_exclusive_group()
     isolation.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                            help="run every implementation in a worker process")
@@ -237,6 +242,7 @@ def _fuzz(arguments: argparse.Namespace) -> int:
         check_invalid=arguments.check_invalid,
         timeout=timeout,
         memory_budget=memory_budget,
+        max_shrink_timeouts=arguments.max_shrink_timeouts or DEFAULT_SHRINK_TIMEOUTS,
         strategy=strategy,
         on_example=_checking_interrupts(progress.on_example),
     )

@@ -256,7 +256,6 @@ def fuzz_implementation(implementation: Implementation, options: FuzzOptions) ->
         skipped = f"{len(over_budget)} cases over the memory budget skipped"
         result.note = f"{result.note}; {skipped}" if result.note else skipped
     if options.max_shrink_timeouts is not None and shrink_timeouts[0] >= options.max_shrink_timeouts:
-        # NOTE: the command line has no option for FuzzOptions.max_shrink_timeouts.
         stopped = f"shrinking stopped after {shrink_timeouts[0]} calls timed out, so the case may not be minimal"
         result.note = f"{result.note}; {stopped}" if result.note else stopped
 

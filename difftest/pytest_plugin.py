@@ -19,25 +19,26 @@ reported as xfail. At the end of the session the controller writes
 Every option has an ini key and an environment variable; the command line
 wins over the environment, which wins over the ini file:
 
-============================  ==========================  ============================
-command line                  ini key                     environment
-============================  ==========================  ============================
---difftest-impl SPEC          difftest_impl               DIFFTEST_IMPL (a,b)
---difftest-max-examples N     difftest_max_examples       DIFFTEST_MAX_EXAMPLES
---difftest-seed S             difftest_seed               DIFFTEST_SEED
---difftest-profile NAME       difftest_profile            DIFFTEST_PROFILE
---difftest-report-dir DIR     difftest_report_dir         DIFFTEST_REPORT_DIR
---difftest-dtype DTYPE        difftest_dtype              DIFFTEST_DTYPE (a,b)
---difftest-region NAME        difftest_region             DIFFTEST_REGION (a,b)
---difftest-timeout SECONDS    difftest_timeout            DIFFTEST_TIMEOUT
---difftest-threads N          difftest_threads            DIFFTEST_THREADS
---difftest-max-elements N     difftest_max_elements       DIFFTEST_MAX_ELEMENTS
---difftest-memory-budget MIB  difftest_memory_budget      DIFFTEST_MEMORY_BUDGET
---difftest-no-replay          difftest_no_replay          DIFFTEST_NO_REPLAY=1
---difftest-no-isolate         difftest_no_isolate         DIFFTEST_NO_ISOLATE=1
---difftest-no-invalid         difftest_no_invalid         DIFFTEST_NO_INVALID=1
---difftest-check-determinism  difftest_check_determinism  DIFFTEST_CHECK_DETERMINISM=1
-============================  ==========================  ============================
+================================  ============================  ============================
+command line                      ini key                       environment
+================================  ============================  ============================
+--difftest-impl SPEC              difftest_impl                 DIFFTEST_IMPL (a,b)
+--difftest-max-examples N         difftest_max_examples         DIFFTEST_MAX_EXAMPLES
+--difftest-seed S                 difftest_seed                 DIFFTEST_SEED
+--difftest-profile NAME           difftest_profile              DIFFTEST_PROFILE
+--difftest-report-dir DIR         difftest_report_dir           DIFFTEST_REPORT_DIR
+--difftest-dtype DTYPE            difftest_dtype                DIFFTEST_DTYPE (a,b)
+--difftest-region NAME            difftest_region               DIFFTEST_REGION (a,b)
+--difftest-timeout SECONDS        difftest_timeout              DIFFTEST_TIMEOUT
+--difftest-threads N              difftest_threads              DIFFTEST_THREADS
+--difftest-max-elements N         difftest_max_elements         DIFFTEST_MAX_ELEMENTS
+--difftest-memory-budget MIB      difftest_memory_budget        DIFFTEST_MEMORY_BUDGET
+--difftest-max-shrink-timeouts N  difftest_max_shrink_timeouts  DIFFTEST_MAX_SHRINK_TIMEOUTS
+--difftest-no-replay              difftest_no_replay            DIFFTEST_NO_REPLAY=1
+--difftest-no-isolate             difftest_no_isolate           DIFFTEST_NO_ISOLATE=1
+--difftest-no-invalid             difftest_no_invalid           DIFFTEST_NO_INVALID=1
+--difftest-check-determinism      difftest_check_determinism    DIFFTEST_CHECK_DETERMINISM=1
+================================  ============================  ============================
 
 Bad values, implementations that cannot be loaded, the same implementation
 named twice and report folders that cannot be written stop the run when
@@ -145,6 +146,8 @@ _OPTIONS = (
             "(default: no bound beyond the regions' size limits)", "N"),
     _Option("memory_budget", "mib", "MiB a case may use: cases estimated to need more are skipped, and an isolated "
             "call may grow its worker process by at most this much (default: no budget)", "MIB"),
+    _Option("max_shrink_timeouts", "int", "stop shrinking a failure after N calls have timed out, each costing a "
+            "full timeout, and report the smallest failure so far (default 8)", "N"),
     _Option("no_replay", "flag", "do not replay the open reports in the report folder"),
     _Option("no_isolate", "flag", "run implementations in the pytest process instead of a worker process"),
     _Option("no_invalid", "flag", "skip the search of invalid calls (by default each implementation must raise "
@@ -185,6 +188,7 @@ class PluginSettings:
     max_elements: Optional[int] = None
     # Bytes, converted from the option's MiB.
     memory_budget: Optional[int] = None
+    max_shrink_timeouts: Optional[int] = None
     check_invalid: bool = True
     check_determinism: bool = False
 
@@ -292,6 +296,7 @@ def settings_from_config(config: pytest.Config) -> PluginSettings:
                               regions=list(values["region"] or []), replay=not values["no_replay"],
                               isolate=False if values["no_isolate"] else None,
                               max_elements=values["max_elements"], memory_budget=values["memory_budget"],
+                              max_shrink_timeouts=values["max_shrink_timeouts"],
                               check_invalid=not values["no_invalid"],
                               check_determinism=bool(values["check_determinism"]))
     if values["profile"]:
@@ -627,12 +632,15 @@ class _FuzzItem(_DifftestItem):
             timeout=settings.timeout,
             memory_budget=settings.memory_budget,
             check_determinism=settings.check_determinism,
+            **({} if settings.max_shrink_timeouts is None else {"max_shrink_timeouts": settings.max_shrink_timeouts}),
             strategy=strategy,
             check_invalid=self.check_invalid and settings.check_invalid,
         )
         with _torch_threads(settings.threads or (1 if _in_worker(self.config) else None)):
             result = fuzz_implementation(self.implementation, options)
         self.user_properties.append(("examples", result.examples))
+        if result.note:
+            self.user_properties.append(("note", result.note))
         if not result.failed:
             return
         assert result.outcome is not None and result.report is not None
@@ -640,7 +648,10 @@ class _FuzzItem(_DifftestItem):
             pytest.xfail(f"known bad {self.implementation.name}: {result.verdict} on "
                          f"{result.outcome.case.describe()} ({result.report})")
         text = format_report(load_report(result.report))
-        raise DifftestFinding(f"{text}\nReport: {result.report}\nScript: {result.script}")
+        # The note tells when the search was cut short, for example when
+        # shrinking stopped on timeouts and the case may not be minimal.
+        note = f"\nNote: {result.note}" if result.note else ""
+        raise DifftestFinding(f"{text}{note}\nReport: {result.report}\nScript: {result.script}")
 
 
 def _in_worker(config: pytest.Config) -> bool:

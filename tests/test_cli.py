@@ -42,6 +42,9 @@ def _error_line(capsys):
         (["fuzz", "--max-examples", "0"],
          "difftest fuzz: error: argument --max-examples: invalid value '0': expected a positive integer "
          "(see difftest fuzz --help)"),
+        (["fuzz", "--max-shrink-timeouts", "0"],
+         "difftest fuzz: error: argument --max-shrink-timeouts: invalid value '0': expected a positive integer "
+         "(see difftest fuzz --help)"),
         (["fuzz", "--seed", "x"],
          "difftest fuzz: error: argument --seed: invalid value 'x': expected an integer seed "
          "(see difftest fuzz --help)"),
@@ -278,6 +281,24 @@ def test_timeout_on_in_process_builtin_warns(tmp_path, caplog):
                      "--no-replay", "--seed", "0", "--report-dir", str(tmp_path)]) == 0
     assert [record.getMessage() for record in caplog.records if record.name == "difftest.cli"] == [
         "--timeout 5 does not apply to implementations run in this process (loop); pass --isolate to time them"]
+
+
+def test_max_shrink_timeouts_option(tmp_path, capsys):
+    # Each timed-out call costs the full --timeout, so one allowed timeout
+    # stops the shrinker early, and the summary says the case may not be minimal.
+    assert main(["fuzz", "--impl", "tests.wrong.broken:hang_when_tall", "--timeout", "0.5",
+                 "--max-shrink-timeouts", "1", "--max-examples", "50", "--seed", "0", "--no-invalid",
+                 "--no-replay", "--report-dir", str(tmp_path), "--json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)["implementations"]
+    assert result["verdict"] == "timeout"
+    assert "shrinking stopped after" in result["note"]
+
+
+def test_max_shrink_timeouts_default_matches_fuzz_options():
+    from difftest.cli import DEFAULT_SHRINK_TIMEOUTS
+    from difftest.fuzz import FuzzOptions
+
+    assert FuzzOptions().max_shrink_timeouts == DEFAULT_SHRINK_TIMEOUTS
 
 
 # list ------------------------------------------------------------------------------

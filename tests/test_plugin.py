@@ -56,6 +56,8 @@ FIXED = IMPLEMENTATIONS.replace("output + 1 if groups > 1 else output", "output"
 
 # Implementations that need one of the newer options to pass or to fail.
 MORE_IMPLEMENTATIONS = '''
+import time
+
 import torch.nn.functional as F
 
 
@@ -91,7 +93,14 @@ def cuda_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
+def sleeps_when_wide(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    if input.shape[-1] > 2:
+        time.sleep(60)
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
 lenient_conv.difftest_supports = {"isolate": False, "dtypes": {"float32", "float64"}}
+sleeps_when_wide.difftest_supports = {"dtypes": {"float32"}}
 second_call_differs.difftest_supports = {"isolate": False, "dtypes": {"float32"}}
 big_inputs_off.difftest_supports = {"isolate": False, "dtypes": {"float32"}}
 half_conv.difftest_supports = {"isolate": False, "dtypes": {"float16"}}
@@ -246,6 +255,9 @@ USAGE_ERRORS = {
     "max_elements_zero": (
         ["--difftest-impl", "loop", "--difftest-max-elements", "0"], "", {},
         "ERROR: --difftest-max-elements='0' is invalid: expected a positive integer"),
+    "max_shrink_timeouts_zero_env": (
+        ["--difftest-impl", "loop"], "", {"DIFFTEST_MAX_SHRINK_TIMEOUTS": "0"},
+        "ERROR: DIFFTEST_MAX_SHRINK_TIMEOUTS='0' is invalid: expected a positive integer"),
     "memory_budget_negative": (
         ["--difftest-impl", "loop"], "", {"DIFFTEST_MEMORY_BUDGET": "-1"},
         "ERROR: DIFFTEST_MEMORY_BUDGET='-1' is invalid: expected a finite number of MiB of at least one byte"),
@@ -327,7 +339,9 @@ def test_plugin_no_invalid_option(project):
                  "--difftest-max-examples", "10", "--difftest-impl", "moreconv.py:lenient_conv"]
     searched = project.runpytest_subprocess(*arguments)
     searched.assert_outcomes(failed=2)
-    assert searched.stdout.str().count("lenient_conv: invalid_input_accepted") == 2
+    # Count whole lines: pytest shows the full message again in its short summary
+    # when it believes it runs under CI, and truncates it otherwise.
+    assert searched.stdout.lines.count("lenient_conv: invalid_input_accepted") == 2
 
     skipped = project.runpytest_subprocess(*arguments, "-n", "2", "--difftest-no-replay", "--difftest-no-invalid")
     skipped.assert_outcomes(passed=2)
@@ -355,6 +369,16 @@ def test_plugin_check_determinism_option(project):
     twice.stdout.fnmatch_lines(["second_call_differs: nondeterministic"])
 
 
+def test_plugin_max_shrink_timeouts_option(project):
+    result = project.runpytest_subprocess(*QUICK, "--difftest-region", "plain", "--difftest-max-examples", "30",
+                                          "--difftest-no-invalid", "--difftest-no-replay", "--difftest-timeout",
+                                          "0.5", "--difftest-max-shrink-timeouts", "1",
+                                          "--difftest-impl", "moreconv.py:sleeps_when_wide")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["sleeps_when_wide: timeout",
+                                 "Note: shrinking stopped after * calls timed out, so the case may not be minimal"])
+
+
 def test_plugin_memory_budget_too_small(project):
     result = project.runpytest_subprocess(*QUICK, "--difftest-region", "plain", "--difftest-max-examples", "5",
                                           "--difftest-impl", "userconv.py:good_conv",
@@ -368,11 +392,12 @@ def test_plugin_memory_budget_too_small(project):
 
 def test_new_option_precedence(pytester, monkeypatch):
     pytester.makeini("[pytest]\ndifftest_max_elements = 100\ndifftest_memory_budget = 2\n"
-                     "difftest_check_determinism = true\n")
+                     "difftest_check_determinism = true\ndifftest_max_shrink_timeouts = 3\n")
     monkeypatch.setenv("DIFFTEST_NO_INVALID", "1")
     monkeypatch.setenv("DIFFTEST_MAX_ELEMENTS", "50")
     settings = settings_from_config(pytester.parseconfigure("--difftest-memory-budget", "0.5"))
     assert settings.max_elements == 50
+    assert settings.max_shrink_timeouts == 3
     assert settings.memory_budget == 2**19
     assert settings.check_invalid is False
     assert settings.check_determinism is True
