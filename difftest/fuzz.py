@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 import hypothesis
+import hypothesis.reporting
 import torch
 from hypothesis import HealthCheck, given
 from hypothesis.database import ExampleDatabase
@@ -156,6 +157,25 @@ class ImplementationResult:
         return self.outcome.detail if self.outcome is not None else ""
 
 
+class _HypothesisMessages:
+    """A Hypothesis reporter that passes its messages on, except the hint to add ``@seed``.
+
+    The hint names a decorator of a test the user never wrote, for example
+    after Ctrl-C. ``--seed`` repeats a run instead. A hint that shrinking was
+    too slow sets ``slow_shrinking``, which the run's note reports.
+    """
+
+    def __init__(self) -> None:
+        self.slow_shrinking = False
+
+    def __call__(self, value: object) -> None:
+        text = str(value)
+        if "@seed(" not in text:
+            hypothesis.reporting.default(value)
+        elif "too long to shrink" in text:
+            self.slow_shrinking = True
+
+
 def _hypothesis_settings(options: FuzzOptions, implementation: Implementation) -> hypothesis.settings:
     # A named profile decides derandomize, print_blob and the database. Without
     # one they are fixed here, so that the loaded Hypothesis profile (which is
@@ -230,8 +250,10 @@ def fuzz_implementation(implementation: Implementation, options: FuzzOptions) ->
         test = hypothesis.seed(options.seed)(test)
 
     started = time.perf_counter()
+    messages = _HypothesisMessages()
     try:
-        test()
+        with hypothesis.reporting.with_reporter(messages):
+            test()
     except ImplementationFailure as failure:
         result.outcome = _confirm(implementation, failure.outcome, options, caller)
     except Flaky as flaky:
@@ -257,6 +279,9 @@ def fuzz_implementation(implementation: Implementation, options: FuzzOptions) ->
         result.note = f"{result.note}; {skipped}" if result.note else skipped
     if options.max_shrink_timeouts is not None and shrink_timeouts[0] >= options.max_shrink_timeouts:
         stopped = f"shrinking stopped after {shrink_timeouts[0]} calls timed out, so the case may not be minimal"
+        result.note = f"{result.note}; {stopped}" if result.note else stopped
+    elif messages.slow_shrinking:
+        stopped = "shrinking stopped at Hypothesis's time limit, so the case may not be minimal"
         result.note = f"{result.note}; {stopped}" if result.note else stopped
 
     if result.outcome is not None:
@@ -296,7 +321,8 @@ def _search_invalid_calls(implementation: Implementation, options: FuzzOptions, 
 
     started = time.perf_counter()
     try:
-        test()
+        with hypothesis.reporting.with_reporter(_HypothesisMessages()):
+            test()
     except ImplementationFailure as failure:
         result.invalid_outcome = failure.outcome
     finally:

@@ -194,3 +194,34 @@ def test_absent_device_only_implementation_skipped(tmp_path):
     assert loop.verdict == "pass"
     with pytest.raises(difftest.UsageError, match="supports devices cuda only, and this machine has cpu"):
         difftest.fuzz([cuda_only], options)
+
+
+def test_interrupt_prints_no_seed_hint(tmp_path, capsys):
+    # On Ctrl-C Hypothesis suggests adding @seed to "this test", a test that
+    # a user of the command line never wrote.
+    def interrupt_after_five(outcome):
+        if interrupt_after_five.calls == 5:
+            raise KeyboardInterrupt
+        interrupt_after_five.calls += 1
+
+    interrupt_after_five.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        _fuzz(["loop"], tmp_path, seed=None, max_examples=100, on_example=interrupt_after_five)
+    captured = capsys.readouterr()
+    assert "@seed" not in captured.out
+    assert "@seed" not in captured.err
+
+
+def test_hypothesis_reporter_keeps_other_messages(capsys):
+    from difftest.fuzz import _HypothesisMessages
+
+    messages = _HypothesisMessages()
+    messages("Trying example: check(case=...)")
+    messages("You can reproduce this failure by adding @seed(12) to this test.")
+    assert capsys.readouterr().out == "Trying example: check(case=...)\n"
+    assert not messages.slow_shrinking
+
+    messages("\nThis test function exited early because it took too long to shrink. If desired for debugging, "
+             "you can reproduce this by adding @seed(12) to this test.")
+    assert capsys.readouterr().out == ""
+    assert messages.slow_shrinking
