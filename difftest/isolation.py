@@ -100,7 +100,9 @@ class MemoryLimitExceeded(RuntimeError):
     the limit for the user to tell which.
     """
 
-    difftest_verdict = "out_of_memory"
+    # Running out of memory is a crash the worker survived, because the
+    # limit turned it into a failed allocation.
+    difftest_verdict = "crash"
 
     def __init__(self, limit: int, raised: str) -> None:
         self.limit = limit
