@@ -497,3 +497,13 @@ def test_isolated_implementation_analysed_in_worker(tmp_path):
     assert implementation.isolate
     assert fields["diagnosis"]["id"] == "batch_mixed"
     assert fields["inputs"] is not None
+
+
+def test_diagnosis_rate_script_counts_triggers(capsys):
+    # With --seeds 0 the script runs no fuzz campaign, only the trigger cases.
+    from benchmarks import diagnosis_rate
+
+    assert diagnosis_rate.main(["--seeds", "0"]) == 0
+    output = capsys.readouterr().out
+    assert f"trigger cases: {len(DIAGNOSED)} of {len(DIAGNOSED)} named right" in output
+    assert "end to end:    0 of 0 campaigns" in output
