@@ -1,7 +1,9 @@
-"""A fuzzing campaign: one Hypothesis search and shrink per implementation."""
+"""A fuzzing campaign: Hypothesis searches that feed each case to every implementation of the same space."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -126,6 +128,7 @@ class ImplementationResult:
     outcome: Optional[Outcome] = None
     report: Optional[str] = None
     script: Optional[str] = None
+    # The search's wall time, or in a shared search the time in this implementation's own calls and checks.
     seconds: float = 0.0
     expected_to_fail: bool = False
     note: str = ""
@@ -176,7 +179,8 @@ class _HypothesisMessages:
             self.slow_shrinking = True
 
 
-def _hypothesis_settings(options: FuzzOptions, implementation: Implementation) -> hypothesis.settings:
+def _hypothesis_settings(options: FuzzOptions, namespace: str) -> hypothesis.settings:
+    """Return the settings of one search; ``namespace`` keeps its examples apart in the database."""
     # A named profile decides derandomize, print_blob and the database. Without
     # one they are fixed here, so that the loaded Hypothesis profile (which is
     # 'ci' on a CI machine) does not change how a campaign searches.
@@ -192,7 +196,7 @@ def _hypothesis_settings(options: FuzzOptions, implementation: Implementation) -
     database = None
     # Hypothesis rejects a database together with derandomize=True.
     if inner is not None and not derandomize:
-        database = _NamespacedDatabase(inner, implementation.target or implementation.name)
+        database = _NamespacedDatabase(inner, namespace)
     return hypothesis.settings(
         parent,
         max_examples=options.max_examples,
@@ -205,92 +209,277 @@ def _hypothesis_settings(options: FuzzOptions, implementation: Implementation) -
     )
 
 
-def fuzz_implementation(implementation: Implementation, options: FuzzOptions) -> ImplementationResult:
-    """Search for a case where ``implementation`` disagrees with the truth, shrink it and report it."""
-    from strategies import conv_cases
+def _namespace(implementation: Implementation) -> str:
+    return implementation.target or implementation.name
 
-    result = ImplementationResult(implementation.name, expected_to_fail=implementation.expected_to_fail)
-    strategy = conv_cases(supports=implementation.supports, **options.strategy)
-    caller = caller_for(implementation, options.timeout, options.memory_budget)
-    last_failure: list[Outcome] = []
-    over_budget: list[MemoryBudgetError] = []
-    failed_cases: set[ConvCase] = set()
-    shrink_timeouts = [0]
 
-    def check(case: ConvCase) -> None:
-        if (failed_cases and case not in failed_cases and options.max_shrink_timeouts is not None
-                and shrink_timeouts[0] >= options.max_shrink_timeouts):
-            # Out of shrinking time: only cases that failed before (such as
-            # the one Hypothesis finally replays) run again.
-            hypothesis.reject()
+class _Search:
+    """One implementation's part of a campaign: its caller, counts and failure while Hypothesis searches."""
+
+    def __init__(self, implementation: Implementation, options: FuzzOptions) -> None:
+        self.implementation = implementation
+        self.options = options
+        self.result = ImplementationResult(implementation.name, expected_to_fail=implementation.expected_to_fail)
+        self.caller = caller_for(implementation, options.timeout, options.memory_budget)
+        self.failed_cases: set[ConvCase] = set()
+        self.last_failure: list[Outcome] = []
+        self.over_budget: list[MemoryBudgetError] = []
+        self.shrink_timeouts = 0
+        self.slow_shrinking = False
+        # A failure seen in a shared search while another implementation's was being shrunk.
+        self.unshrunk: Optional[Outcome] = None
+        # The first passing case on which torch's own result was outside the bound.
+        self.reference_suspect: Optional[Outcome] = None
+
+    @property
+    def budget_left(self) -> int:
+        return self.options.max_examples - self.result.examples
+
+    def out_of_shrink_time(self, case: ConvCase) -> bool:
+        """Return whether ``case`` is a new shrinking step after too many calls timed out."""
+        limit = self.options.max_shrink_timeouts
+        return (bool(self.failed_cases) and case not in self.failed_cases and limit is not None
+                and self.shrink_timeouts >= limit)
+
+    def skip(self, error: MemoryBudgetError) -> None:
+        if not self.over_budget:
+            logger.warning("%s: skipping cases over the memory budget, first: %s", self.implementation.name, error)
+        self.over_budget.append(error)
+
+    def run(self, case: ConvCase, context: Optional[CaseContext] = None) -> Outcome:
+        """Evaluate ``case`` and count it; a case over the memory budget is rejected."""
+        started = time.perf_counter()
         try:
-            outcome = evaluate(implementation, case, check_determinism=options.check_determinism, caller=caller,
-                               memory_budget=options.memory_budget)
+            outcome = evaluate(self.implementation, case, context, check_determinism=self.options.check_determinism,
+                               caller=self.caller, memory_budget=self.options.memory_budget)
         except MemoryBudgetError as error:
-            if not over_budget:
-                logger.warning("%s: skipping cases over the memory budget, first: %s", implementation.name, error)
-            over_budget.append(error)
+            self.skip(error)
             hypothesis.reject()
-        if failed_cases:
-            result.shrink_steps += 1
+        finally:
+            self.result.seconds += time.perf_counter() - started
+        if self.failed_cases:
+            self.result.shrink_steps += 1
         else:
-            result.examples += 1
-        if options.on_example is not None:
-            options.on_example(outcome)
-        if not outcome.passed:
-            if failed_cases and outcome.verdict == "timeout":
-                shrink_timeouts[0] += 1
-            failed_cases.add(case)
-            last_failure[:] = [outcome]
-            raise ImplementationFailure(outcome)
+            self.result.examples += 1
+        if outcome.passed and outcome.reference_suspect and self.reference_suspect is None:
+            self.reference_suspect = outcome
+        if self.options.on_example is not None:
+            self.options.on_example(outcome)
+        return outcome
 
-    test = given(strategy)(check)
-    test = _hypothesis_settings(options, implementation)(test)
-    if options.seed is not None:
-        test = hypothesis.seed(options.seed)(test)
+    def fail(self, outcome: Outcome) -> ImplementationFailure:
+        """Record a failure of this implementation's search and return the exception that makes Hypothesis shrink it."""
+        if self.failed_cases and outcome.verdict == "timeout":
+            self.shrink_timeouts += 1
+        self.failed_cases.add(outcome.case)
+        self.last_failure[:] = [outcome]
+        return ImplementationFailure(outcome)
 
-    started = time.perf_counter()
-    messages = _HypothesisMessages()
-    try:
-        with hypothesis.reporting.with_reporter(messages):
-            test()
-    except ImplementationFailure as failure:
-        result.outcome = _confirm(implementation, failure.outcome, options, caller)
-    except Flaky as flaky:
+    def settle(self, error: BaseException) -> None:
+        """Keep the shrunk failure that a search of this implementation ended with."""
+        if isinstance(error, ImplementationFailure):
+            self.result.outcome = _confirm(self.implementation, error.outcome, self.options, self.caller)
+            return
         # The same case failed once and passed on a later call, so the
         # implementation returns different results on repeated calls. In
         # Hypothesis 6.170 this is a FlakyFailure, an ExceptionGroup containing
         # the failure.
-        outcome = _flaky_outcome(flaky, last_failure)
+        outcome = _flaky_outcome(error, self.last_failure)
         if outcome is None:
-            raise
-        result.outcome = outcome
-    except (Unsatisfiable, FailedHealthCheck):
-        if not over_budget:
-            raise
-        raise over_budget[0] from None
-    finally:
-        result.seconds = time.perf_counter() - started
-        close = getattr(caller, "close", None)
+            raise error
+        self.result.outcome = outcome
+
+    def close(self) -> None:
+        close = getattr(self.caller, "close", None)
         if close is not None:
             close()
-    if over_budget:
-        skipped = f"{len(over_budget)} cases over the memory budget skipped"
-        result.note = f"{result.note}; {skipped}" if result.note else skipped
-    if options.max_shrink_timeouts is not None and shrink_timeouts[0] >= options.max_shrink_timeouts:
-        stopped = f"shrinking stopped after {shrink_timeouts[0]} calls timed out, so the case may not be minimal"
-        result.note = f"{result.note}; {stopped}" if result.note else stopped
-    elif messages.slow_shrinking:
-        stopped = "shrinking stopped at Hypothesis's time limit, so the case may not be minimal"
-        result.note = f"{result.note}; {stopped}" if result.note else stopped
 
-    if result.outcome is not None:
-        result.verdict = result.outcome.verdict
-        if options.write_reports:
-            _write(result, implementation, options)
-    if options.check_invalid:
-        _search_invalid_calls(implementation, options, result)
-    return result
+    def finish(self) -> ImplementationResult:
+        """Add the notes, write the report and search invalid calls; return the result."""
+        result = self.result
+        if result.outcome is None and self.unshrunk is not None:
+            result.outcome = self.unshrunk
+            _add_note(result, "found in a search that was shrinking another implementation's failure, and not "
+                              "found again within the budget, so the case is not shrunk")
+        if self.over_budget:
+            _add_note(result, f"{len(self.over_budget)} cases over the memory budget skipped")
+        limit = self.options.max_shrink_timeouts
+        if limit is not None and self.shrink_timeouts >= limit:
+            _add_note(result, f"shrinking stopped after {self.shrink_timeouts} calls timed out, so the case may "
+                              "not be minimal")
+        elif self.slow_shrinking:
+            _add_note(result, "shrinking stopped at Hypothesis's time limit, so the case may not be minimal")
+        suspect = self.reference_suspect
+        if suspect is not None:
+            # No report is written for a passing case, so this note is the only place it shows.
+            _add_note(result, f"the reference is suspect on {suspect.case.describe()}: {suspect.reference_suspect}, "
+                              "while this implementation agrees with the float64 truth")
+
+        if result.outcome is not None:
+            result.verdict = result.outcome.verdict
+            if self.options.write_reports:
+                _write(result, self.implementation, self.options)
+        if self.options.check_invalid:
+            _search_invalid_calls(self.implementation, self.options, result)
+        return result
+
+
+def _add_note(result: ImplementationResult, note: str) -> None:
+    result.note = f"{result.note}; {note}" if result.note else note
+
+
+def fuzz_implementation(implementation: Implementation, options: FuzzOptions) -> ImplementationResult:
+    """Search for a case where ``implementation`` disagrees with the truth, shrink it and report it."""
+    from strategies import conv_cases
+
+    strategy = conv_cases(supports=implementation.supports, **options.strategy)
+    search = _Search(implementation, options)
+
+    def check(case: ConvCase) -> None:
+        if search.out_of_shrink_time(case):
+            # Out of shrinking time: only cases that failed before (such as
+            # the one Hypothesis finally replays) run again.
+            hypothesis.reject()
+        outcome = search.run(case)
+        if not outcome.passed:
+            raise search.fail(outcome)
+
+    test = given(strategy)(check)
+    test = _hypothesis_settings(options, _namespace(implementation))(test)
+    if options.seed is not None:
+        test = hypothesis.seed(options.seed)(test)
+
+    started = time.perf_counter()
+    try:
+        _run_search(test, [search], lambda: search)
+    finally:
+        search.result.seconds = time.perf_counter() - started
+        search.close()
+    return search.finish()
+
+
+def _run_search(test: Callable[[], None], searches: list[_Search], shrunk: Callable[[], Optional[_Search]]) -> None:
+    """Run a Hypothesis test over ``searches``; ``shrunk()`` names the one whose failure it shrank, if any."""
+    messages = _HypothesisMessages()
+    try:
+        with hypothesis.reporting.with_reporter(messages):
+            test()
+    except (ImplementationFailure, Flaky) as error:
+        target = shrunk()
+        if target is None:
+            raise
+        target.settle(error)
+    except (Unsatisfiable, FailedHealthCheck):
+        # Every case drawn was over the memory budget: say so rather than
+        # Hypothesis's message about a strategy that draws nothing valid.
+        over_budget = next((search.over_budget[0] for search in searches if search.over_budget), None)
+        if over_budget is None:
+            raise
+        raise over_budget from None
+    target = shrunk()
+    if target is not None and messages.slow_shrinking:
+        target.slow_shrinking = True
+
+
+def _generation_key(supports: Any) -> Any:
+    """Return the part of a declaration that decides which cases are drawn: the bound's settings left out."""
+    return dataclasses.replace(supports, error_model="elementwise", tolerance_factor=1.0)
+
+
+def _fuzz_shared(implementations: list[Implementation], options: FuzzOptions,
+                 on_result: Optional[Callable[[ImplementationResult], None]] = None) -> list[ImplementationResult]:
+    """Fuzz implementations that declare the same space with one search, so every example feeds them all.
+
+    Each case is drawn once, its inputs and float64 truth computed once, and
+    every implementation that has budget left is run on it. The first
+    implementation to fail is shrunk on its own: from then on the search runs
+    only that implementation, so its failure cannot turn into another's. The
+    others go on in a new search with the examples they have left.
+    """
+    from strategies import conv_cases
+
+    strategy = conv_cases(supports=implementations[0].supports, **options.strategy)
+    searches = [_Search(implementation, options) for implementation in implementations]
+    namespace = "+".join(_namespace(implementation) for implementation in implementations)
+    pending = list(searches)
+    try:
+        for round_index in itertools.count():
+            if not any(search.budget_left > 0 for search in pending):
+                break
+            target = _shared_round(pending, strategy, options, namespace, round_index)
+            if target is None:
+                break
+            pending.remove(target)
+    finally:
+        for search in searches:
+            search.close()
+
+    # Each result is passed on as soon as it is final, so that an error
+    # writing a later report does not hide the results before it.
+    results = []
+    for search in searches:
+        result = search.finish()
+        if on_result is not None:
+            on_result(result)
+        results.append(result)
+    return results
+
+
+def _shared_round(pending: list[_Search], strategy: Any, options: FuzzOptions, namespace: str,
+                  round_index: int) -> Optional[_Search]:
+    """Run one shared search over ``pending``; return the implementation whose failure it shrank, if any."""
+    shrinking: list[_Search] = []
+
+    def check(case: ConvCase) -> None:
+        failing = shrink_step(case) if shrinking else search_step(case)
+        if failing is not None:
+            # One raise statement: Hypothesis tells failures apart by where
+            # they are raised, and a search and its shrinking must agree.
+            raise failing
+
+    def shrink_step(case: ConvCase) -> Optional[ImplementationFailure]:
+        search = shrinking[0]
+        if search.out_of_shrink_time(case):
+            hypothesis.reject()
+        outcome = search.run(case)
+        return None if outcome.passed else search.fail(outcome)
+
+    def search_step(case: ConvCase) -> Optional[ImplementationFailure]:
+        running = [search for search in pending if search.budget_left > 0]
+        if not running:
+            return None
+        try:
+            context = CaseContext(case, memory_budget=options.memory_budget)
+        except MemoryBudgetError as error:
+            for search in running:
+                search.skip(error)
+            hypothesis.reject()
+        failing = []
+        for search in running:
+            outcome = search.run(case, context)
+            if not outcome.passed:
+                failing.append((search, outcome))
+        if not failing:
+            return None
+        first, outcome = failing[0]
+        for other, other_outcome in failing[1:]:
+            # Kept in case the next search does not find this failure again.
+            other.unshrunk = other.unshrunk or other_outcome
+        shrinking.append(first)
+        return first.fail(outcome)
+
+    budget = max(search.budget_left for search in pending)
+    # Each round keeps its examples under a key of its own, so a later round
+    # does not replay, and then drop, the failure an earlier round saved.
+    settings = hypothesis.settings(_hypothesis_settings(options, f"{namespace}#{round_index}"),
+                                   max_examples=budget)
+    test = settings(given(strategy)(check))
+    if options.seed is not None:
+        # Each round draws new cases, and the same seed still gives the same campaign.
+        test = hypothesis.seed(options.seed + round_index)(test)
+
+    _run_search(test, pending, lambda: shrinking[0] if shrinking else None)
+    return shrinking[0] if shrinking else None
 
 
 def _search_invalid_calls(implementation: Implementation, options: FuzzOptions, result: ImplementationResult) -> None:
@@ -314,7 +503,7 @@ def _search_invalid_calls(implementation: Implementation, options: FuzzOptions, 
             raise ImplementationFailure(outcome)
 
     examples = options.invalid_examples or max(20, options.max_examples // 2)
-    settings = hypothesis.settings(_hypothesis_settings(options, implementation), max_examples=examples)
+    settings = hypothesis.settings(_hypothesis_settings(options, _namespace(implementation)), max_examples=examples)
     test = settings(given(strategy)(check))
     if options.seed is not None:
         test = hypothesis.seed(options.seed)(test)
@@ -423,7 +612,13 @@ def _write(result: ImplementationResult, implementation: Implementation, options
 
 def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
          on_result: Optional[Callable[[ImplementationResult], None]] = None) -> list[ImplementationResult]:
-    """Fuzz each implementation in turn; one failing never stops the others.
+    """Fuzz the implementations; one failing never stops the others.
+
+    Implementations that declare the same space (the same Supports, apart
+    from the bound's error model and factor) share one search, so each case
+    drawn feeds them all and its float64 truth is computed once; each failure
+    is still shrunk on its own. Results come back in the order given, and
+    ``on_result`` is called as each implementation finishes.
 
     With several implementations, one that supports none of the dtypes or
     devices ``options.strategy`` narrows to is skipped with a note, so that
@@ -447,19 +642,30 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
         raise UsageError(first.name, ", ".join(first.requested), "no selected implementation supports it",
                          f"pick {first.name} that one of {', '.join(outside)} supports")
 
-    results = []
-    for implementation in implementations:
+    results: dict[int, ImplementationResult] = {}
+    groups: dict[Any, list[int]] = {}
+    for index, implementation in enumerate(implementations):
         narrowing = outside[implementation.name]
-        if narrowing is not None:
-            result = ImplementationResult(implementation.name, verdict="skipped",
-                                          expected_to_fail=implementation.expected_to_fail,
-                                          note=narrowing.reason())
-        else:
-            result = fuzz_implementation(implementation, options)
-        results.append(result)
+        if narrowing is None:
+            groups.setdefault(_generation_key(implementation.supports), []).append(index)
+            continue
+        results[index] = ImplementationResult(implementation.name, verdict="skipped",
+                                              expected_to_fail=implementation.expected_to_fail,
+                                              note=narrowing.reason())
         if on_result is not None:
-            on_result(result)
-    return results
+            on_result(results[index])
+
+    for indices in groups.values():
+        members = [implementations[index] for index in indices]
+        if len(members) == 1:
+            finished = [fuzz_implementation(members[0], options)]
+            if on_result is not None:
+                on_result(finished[0])
+        else:
+            finished = _fuzz_shared(members, options, on_result)
+        for index, result in zip(indices, finished):
+            results[index] = result
+    return [results[index] for index in range(len(implementations))]
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,10 @@ class ProgressReporter:
         if self.failing:
             failures += f" ({', '.join(self.failing)})"
         budget = self.implementations * self.max_examples
-        done = self.finished * self.max_examples + min(self.current, self.max_examples)
+        # Implementations that share a search count examples together, so
+        # the examples run also bound what is done.
+        done = max(self.finished * self.max_examples + min(self.current, self.max_examples),
+                   min(self.examples, budget))
         remaining = max(0, budget - done)
         left = f"about {format_duration(remaining / rate)} left" if rate > 0 else "time left unknown"
         position = min(self.finished + 1, self.implementations)

@@ -225,3 +225,88 @@ def test_hypothesis_reporter_keeps_other_messages(capsys):
              "you can reproduce this by adding @seed(12) to this test.")
     assert capsys.readouterr().out == ""
     assert messages.slow_shrinking
+
+
+# One search shared by implementations of the same space -----------------------------
+
+def _off_by_one(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups) + 1
+
+
+def _off_by_two(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups) + 2
+
+
+def _same_space(name, function):
+    return difftest.Implementation(name, function, get("im2col").supports)
+
+
+def test_shared_search_feeds_every_case_to_all(tmp_path):
+    seen = {"unfold": [], "im2col": []}
+
+    def record(outcome):
+        seen[outcome.implementation].append(outcome.case)
+
+    # Without a seed, separate searches would draw different cases.
+    results = _fuzz(["unfold", "im2col"], tmp_path, max_examples=40, seed=None, on_example=record)
+    assert [result.verdict for result in results] == ["pass", "pass"]
+    assert len(seen["unfold"]) == 40
+    assert seen["unfold"] == seen["im2col"]
+
+
+def test_shared_search_shrinks_each_failure_alone(tmp_path):
+    implementations = [_same_space("off_by_one", _off_by_one), _same_space("off_by_two", _off_by_two),
+                       get("im2col")]
+    options = difftest.FuzzOptions(max_examples=30, seed=2, report_dir=str(tmp_path), check_invalid=False,
+                                   analyse=False)
+    results = difftest.fuzz(implementations, options)
+    assert [result.verdict for result in results] == ["mismatch", "mismatch", "pass"]
+    # Both fail on the first case drawn. The first is shrunk in that search,
+    # the second in the next one, and each ends at the plainest case.
+    for result in results[:2]:
+        case = result.outcome.case
+        assert (case.batch, case.in_channels, case.out_channels, case.kernel) == (1, 1, 1, (1, 1)), result.name
+        assert result.note == ""
+    assert results[2].examples == 30
+
+
+def test_shared_search_keeps_failure_it_did_not_shrink(tmp_path):
+    # With one example each, the second failure has no budget left for a
+    # search of its own, so it is reported as found, with a note.
+    implementations = [_same_space("off_by_one", _off_by_one), _same_space("off_by_two", _off_by_two)]
+    options = difftest.FuzzOptions(max_examples=1, seed=2, report_dir=str(tmp_path), check_invalid=False,
+                                   analyse=False)
+    first, second = difftest.fuzz(implementations, options)
+    assert first.verdict == "mismatch"
+    assert second.verdict == "mismatch"
+    assert second.shrink_steps == 0
+    assert second.note.startswith("found in a search that was shrinking another implementation's failure")
+    assert os.path.exists(second.report)
+
+
+def test_shared_search_repeats_with_seed(tmp_path):
+    implementations = [_same_space("off_by_one", _off_by_one), get("unfold"), get("im2col")]
+    runs = []
+    for folder in ("first", "second"):
+        options = difftest.FuzzOptions(max_examples=25, seed=9, report_dir=str(tmp_path / folder),
+                                       check_invalid=False, analyse=False)
+        runs.append([(result.verdict, result.examples, result.shrink_steps,
+                      result.outcome.case if result.outcome else None)
+                     for result in difftest.fuzz(implementations, options)])
+    assert runs[0] == runs[1]
+
+
+def test_suspect_reference_noted_when_passing(tmp_path, monkeypatch):
+    import difftest.runner
+
+    def off_reference(case, inputs):
+        return torch.nn.functional.conv2d(inputs.input, inputs.weight, inputs.bias, case.stride, case.padding,
+                                          case.dilation, case.groups) + 1
+
+    # Stands in for a torch build whose conv2d is wrong: the implementation
+    # below agrees with the truth, torch does not.
+    monkeypatch.setattr(difftest.runner, "reference", off_reference)
+    result, = _fuzz(["im2col"], tmp_path, max_examples=5, seed=1, check_invalid=False)
+    assert result.verdict == "pass"
+    assert result.note.startswith("the reference is suspect on n1c1h1w1")
+    assert "while this implementation agrees with the float64 truth" in result.note

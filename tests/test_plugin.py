@@ -624,14 +624,13 @@ def test_unknown_profile_rejected():
 
 
 def test_fuzz_settings_follow_profile(tmp_path):
-    loop = get("loop")
-    ci = _hypothesis_settings(FuzzOptions(profile="difftest-ci", max_examples=5), loop)
+    ci = _hypothesis_settings(FuzzOptions(profile="difftest-ci", max_examples=5), "loop")
     assert (ci.derandomize, ci.database, ci.print_blob, ci.max_examples) == (True, None, True, 5)
     database = example_database("difftest-dev", str(tmp_path))
     assert isinstance(database, DirectoryBasedExampleDatabase)
-    dev = _hypothesis_settings(FuzzOptions(profile="difftest-dev", database=database), loop)
+    dev = _hypothesis_settings(FuzzOptions(profile="difftest-dev", database=database), "loop")
     assert not dev.derandomize and dev.database is not None
-    plain = _hypothesis_settings(FuzzOptions(), loop)
+    plain = _hypothesis_settings(FuzzOptions(), "loop")
     assert (plain.derandomize, plain.database, plain.print_blob) == (False, None, False)
 
 
