@@ -35,6 +35,32 @@ Transform = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch
 # many batch items or channels they are skipped to keep a diagnosis fast.
 MAX_PERMUTED = 16
 
+# output_channels_mixed fits one matrix that mixes the reference's channels
+# at every position and batch item. The fit decides nothing unless each of
+# its unknowns rests on at least this many positions where the reference is
+# nonzero...
+MIXING_ROWS_PER_UNKNOWN = 2
+
+# ...and no position has a leverage (the share its own value has in its
+# fitted value) above this. Past 1/2, one position could steer the fit to
+# match a wrong value there that has nothing to do with mixing.
+MAX_MIXING_LEVERAGE = 0.5
+
+# Cases with fewer positions than that are run again with up to this many
+# following seeds, when the implementation can be called again.
+MAX_MIXING_DRAWS = 16
+
+# Singular values below this share of the largest count as zero: a channel
+# that is a linear combination of others adds no unknown to the fit.
+MIXING_RANK_TOLERANCE = 1e-9
+
+# A summary leaves out shares below this fraction of the largest one.
+MIXING_TEXT_SHARE = 5e-4
+
+# The fitted shares are first rounded to whole numbers, then to 64ths, and
+# tried as they are last. Rounded shares keep integer references exact.
+MIXING_GRIDS = (1.0, 64.0)
+
 # Accumulation precisions tried by low_precision_accumulation, widest first.
 NARROWER_ACCUMULATION = ("float32", "float16", "bfloat16")
 
@@ -99,6 +125,43 @@ class Probe:
     implementation: Optional[Implementation] = None
     caller: Any = None
 
+    @classmethod
+    def from_outcome(cls, outcome: Outcome, case: ConvCase, context: CaseContext,
+                     implementation: Optional[Implementation] = None, caller: Any = None) -> Optional[Probe]:
+        """Build the probe of an outcome that returned a tensor, or return None where no bound can judge it.
+
+        An output that is not 4-D (3-D for an unbatched case) becomes None.
+        """
+        if outcome.output is None:
+            return None
+
+        def four_d(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.unsqueeze(0) if case.unbatched and tensor.dim() == 3 else tensor
+
+        output: Optional[torch.Tensor] = four_d(outcome.output.detach().to("cpu", torch.float64))
+        if output is not None and output.dim() != 4:
+            output = None
+        bound = outcome.bound
+        if bound is None:
+            if implementation is None:
+                return None
+            bound = context.bound(implementation)
+        inputs = context.inputs64
+        return cls(
+            case=case,
+            context=context,
+            outcome=outcome,
+            output=output,
+            truth=four_d(context.truth),
+            magnitude=four_d(context.magnitude),
+            bound=dataclasses.replace(bound, values=four_d(bound.values)),
+            x=four_d(inputs.input),
+            w=inputs.weight,
+            b=inputs.bias,
+            implementation=implementation,
+            caller=caller,
+        )
+
     @property
     def same_shape(self) -> bool:
         return self.output is not None and self.output.shape == self.truth.shape
@@ -133,8 +196,12 @@ class Probe:
         return subnormal_terms(self.x, self.w, self.b, self.case.dtype, transform)
 
     def bound_for(self, values: torch.Tensor, magnitude: torch.Tensor, reduction_length: int,
-                  subnormals: Optional[SubnormalTerms] = None) -> Bound:
-        """Return a bound of the outcome's kind for a transformed reference."""
+                  subnormals: Optional[SubnormalTerms] = None, scale: Optional[torch.Tensor] = None) -> Bound:
+        """Return a bound of the outcome's kind for a transformed reference.
+
+        ``scale`` replaces the case's norm in a normwise bound, for a
+        reference whose planes sum several of the case's planes.
+        """
         dtype = self.case.dtype
         finite = magnitude[torch.isfinite(magnitude)]
         largest = float(finite.max()) if finite.numel() else 0.0
@@ -142,7 +209,7 @@ class Probe:
             return exact_bound(values, dtype, reduction_length)
         if self.bound.model == "normwise":
             return normwise_bound(magnitude, values, dtype, reduction_length, self.context.transform_size,
-                                  self.bound.factor, scale=self._normwise_scale(values),
+                                  self.bound.factor, scale=self._normwise_scale(values) if scale is None else scale,
                                   channels=self.case.in_channels // self.case.groups, subnormals=subnormals)
         accumulation = self.bound.accumulation_dtype or ACCUMULATION_DTYPE[dtype]
         return elementwise_bound(magnitude, values, dtype, reduction_length, self.bound.factor,
@@ -534,6 +601,218 @@ def _perfect_matching(fits: list[list[int]]) -> Optional[list[int]]:
     return permutation
 
 
+def _output_channels_mixed(p: Probe) -> Optional[str]:
+    if not p.same_shape or p.truth.shape[1] < 2:
+        return None
+    assert p.output is not None
+    if not bool(torch.isfinite(p.output).all()) or not bool(torch.isfinite(p.truth).all()):
+        return None
+    probes = [p]
+    draws = _redraws(p)
+    # The channels may be mixed after the bias is added, or before it (as
+    # when a filter reads another filter's weights).
+    for before_bias in (False, True) if p.b is not None else (False,):
+        fit = _mixing_fit(probes, before_bias)
+        while fit is not None and not fit.pinned:
+            draw = next(draws, None)
+            if draw is None:
+                fit = None
+                break
+            probes.append(draw)
+            fit = _mixing_fit(probes, before_bias)
+        if fit is not None:
+            summary = _mixing_summary(probes, fit, before_bias)
+            if summary is not None:
+                return summary
+    return None
+
+
+@dataclass
+class _MixingFit:
+    """The least-squares mixing matrix of a set of probes, and whether their positions pin it down.
+
+    ``matrix[k, j]`` is the share of reference channel j in output channel k.
+    """
+
+    matrix: torch.Tensor
+    pinned: bool
+
+
+def _mixed_channels(p: Probe, before_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the channels a mixing combines and their magnitudes: the truth's, or the bias-free convolution's."""
+    if before_bias:
+        return p.conv(p.x, p.w, None), p.conv(p.x.abs(), p.w.abs(), None)
+    return p.truth, p.magnitude
+
+
+def _rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Return an NCHW tensor as one row per batch item and position, one column per channel."""
+    return tensor.permute(0, 2, 3, 1).reshape(-1, tensor.shape[1])
+
+
+def _mix(tensor: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("kj,njhw->nkhw", matrix, tensor)
+
+
+def _bias_plane(p: Probe) -> torch.Tensor:
+    assert p.b is not None
+    return p.b.reshape(1, -1, 1, 1)
+
+
+def _mixing_fit(probes: list[Probe], before_bias: bool) -> Optional[_MixingFit]:
+    """Fit output = matrix x channels over every position of every probe; None where the channels are all zero.
+
+    The fit solves for the difference from the identity with the
+    pseudo-inverse, so a channel that is zero everywhere keeps its own share
+    of 1 instead of an arbitrary one.
+    """
+    design_parts, target_parts = [], []
+    for q in probes:
+        assert q.output is not None
+        channels, _ = _mixed_channels(q, before_bias)
+        target = q.output - _bias_plane(q) if before_bias else q.output
+        design_parts.append(_rows(channels))
+        target_parts.append(_rows(target))
+    design = torch.cat(design_parts)
+    target = torch.cat(target_parts)
+    # Each position is scaled to unit norm, as the elementwise bound judges
+    # each relative to its own magnitude. Positions where every channel is
+    # zero constrain nothing and are left out.
+    norms = design.norm(dim=1, keepdim=True)
+    nonzero = norms.squeeze(1) > 0
+    if not bool(nonzero.any()):
+        return None
+    design = design[nonzero] / norms[nonzero]
+    target = target[nonzero] / norms[nonzero]
+    left, singular, right = torch.linalg.svd(design, full_matrices=False)
+    significant = singular > singular[0] * MIXING_RANK_TOLERANCE
+    left, singular, right = left[:, significant], singular[significant], right[significant]
+    difference = right.T @ ((left.T @ (target - design)) / singular.unsqueeze(1))
+    matrix = torch.eye(design.shape[1], dtype=design.dtype) + difference.T
+
+    rank = int(significant.sum())
+    leverage = float(left.square().sum(dim=1).max())
+    # Where some channels are linear combinations of the others, many
+    # matrices give the same mixture, and the fitted one would be arbitrary.
+    full_rank = rank == design.shape[1]
+    pinned = full_rank and design.shape[0] >= MIXING_ROWS_PER_UNKNOWN * rank and leverage <= MAX_MIXING_LEVERAGE
+    return _MixingFit(matrix, pinned)
+
+
+def _redraws(p: Probe) -> Iterator[Probe]:
+    """Yield probes of the same case with the following seeds, while the implementation returns a full output."""
+    if p.implementation is None:
+        return
+    for offset in range(1, MAX_MIXING_DRAWS + 1):
+        case = p.case.replace(seed=p.case.seed + offset)
+        context = CaseContext(case)
+        outcome = evaluate(p.implementation, case, context, caller=p.caller)
+        if outcome.verdict not in ("pass", "mismatch"):
+            return
+        draw = Probe.from_outcome(outcome, case, context, p.implementation, p.caller)
+        if draw is None or not draw.same_shape:
+            return
+        yield draw
+
+
+def _mixing_matches(probes: list[Probe], matrix: torch.Tensor, before_bias: bool) -> bool:
+    """Return whether every probe's output matches its channels mixed by ``matrix`` within the bound."""
+    for q in probes:
+        assert q.output is not None
+        channels, magnitude = _mixed_channels(q, before_bias)
+        values = _mix(channels, matrix)
+        magnitude = _mix(magnitude, matrix.abs())
+        scale = q._normwise_scale(values)
+        if scale is not None:
+            scale = _mix(scale, matrix.abs())
+        if before_bias:
+            values = values + _bias_plane(q)
+            magnitude = magnitude + _bias_plane(q).abs()
+
+        def transform(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                      q: Probe = q) -> torch.Tensor:
+            # Called on magnitudes only, so the shares are taken as magnitudes too.
+            if before_bias:
+                mixed = _mix(q.conv(x, w, None), matrix.abs())
+                return mixed if b is None else mixed + b.reshape(1, -1, 1, 1)
+            return _mix(q.conv(x, w, b), matrix.abs())
+
+        # Each mixed element adds up to out_channels channel sums.
+        reduction_length = q.case.reduction_length + q.case.out_channels
+        bound = q.bound_for(values, magnitude, reduction_length, q.subnormals_for(transform), scale)
+        if not compare_values(q.output, values, bound).passed:
+            return False
+    return True
+
+
+def _mixing_summary(probes: list[Probe], fit: _MixingFit, before_bias: bool) -> Optional[str]:
+    """Return the summary of a mixing that explains every probe, or None where none does or it only scales or permutes."""
+    p = probes[0]
+    channels, _ = _mixed_channels(p, before_bias)
+    own = _rows(channels)
+    target = _rows(p.output - _bias_plane(p) if before_bias else p.output)
+    # The best fit of each output channel to its own reference channel alone.
+    energy = own.square().sum(dim=0)
+    scales = torch.where(energy > 0, (own * target).sum(dim=0) / energy.clamp_min(torch.finfo(torch.float64).tiny),
+                         torch.ones_like(energy))
+    for candidate in _rounded(torch.diag(scales)):
+        if _mixing_matches(probes, candidate, before_bias):
+            return None
+
+    for matrix in _rounded(fit.matrix):
+        if not _mixing_matches(probes, matrix, before_bias):
+            continue
+        if _is_permutation(matrix) or bool((matrix - torch.diag(torch.diagonal(matrix))).eq(0).all()):
+            return None
+        values = _mix(channels, matrix) + (_bias_plane(p) if before_bias else 0)
+        if compare_values(values, p.truth, p.bound).passed:
+            return None
+        return _mixing_text(matrix, before_bias)
+    return None
+
+
+def _rounded(matrix: torch.Tensor) -> list[torch.Tensor]:
+    """Return ``matrix`` rounded to each grid of MIXING_GRIDS, then as it is, without repeats."""
+    candidates: list[torch.Tensor] = []
+    for grid in MIXING_GRIDS:
+        candidates.append(torch.round(matrix * grid) / grid)
+    candidates.append(matrix)
+    unique: list[torch.Tensor] = []
+    for candidate in candidates:
+        if not any(torch.equal(candidate, seen) for seen in unique):
+            unique.append(candidate)
+    return unique
+
+
+def _is_permutation(matrix: torch.Tensor) -> bool:
+    ones = matrix.eq(1)
+    return (bool(ones.sum(dim=0).eq(1).all()) and bool(ones.sum(dim=1).eq(1).all())
+            and bool((matrix.eq(0) | ones).all()))
+
+
+def _mixing_text(matrix: torch.Tensor, before_bias: bool) -> str:
+    # A share this far below the largest is left out: a fit to float32
+    # outputs is only accurate to about 1e-7.
+    negligible = MIXING_TEXT_SHARE * float(matrix.abs().max())
+    parts = []
+    for k in range(matrix.shape[0]):
+        others = [f"{float(matrix[k, j]):.3g} x channel {j}" for j in range(matrix.shape[1])
+                  if j != k and abs(float(matrix[k, j])) > negligible]
+        if not others:
+            continue
+        own = float(matrix[k, k])
+        mixed = " and ".join(others)
+        if own == 1:
+            parts.append(f"output channel {k} contains {mixed} as well as its own result")
+        elif abs(own) <= negligible:
+            parts.append(f"output channel {k} holds {mixed} instead of its own result")
+        else:
+            parts.append(f"output channel {k} holds {own:.3g} x its own result and {mixed}")
+    listed = "; ".join(parts[:3]) + ("; ..." if len(parts) > 3 else "")
+    where = " before the bias is added" if before_bias else ""
+    return f"the output channels are mixed{where}: {listed} (channels of the reference)"
+
+
 def _output_shape_off_by_one(p: Probe) -> Optional[str]:
     if p.output is None or p.same_shape or p.output.shape[:2] != p.truth.shape[:2]:
         return None
@@ -658,6 +937,7 @@ CATALOGUE: tuple[tuple[str, Hypothesis], ...] = (
     ("dilation_ignored", _dilation_ignored),
     ("output_channels_permuted", _output_channels_permuted),
     ("batch_permuted", _batch_permuted),
+    ("output_channels_mixed", _output_channels_mixed),
     ("output_shape_off_by_one", _output_shape_off_by_one),
     ("layout_dependent", _layout_dependent),
     ("batch_mixed", _batch_mixed),

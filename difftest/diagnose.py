@@ -190,33 +190,7 @@ def _probe(outcome: Outcome, case: ConvCase, context: CaseContext, implementatio
            caller: Any) -> Optional[Probe]:
     if outcome.passed or outcome.verdict not in DIAGNOSABLE_VERDICTS or outcome.output is None:
         return None
-
-    def four_d(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.unsqueeze(0) if case.unbatched and tensor.dim() == 3 else tensor
-
-    output: Optional[torch.Tensor] = four_d(outcome.output.detach().to("cpu", torch.float64))
-    if output is not None and output.dim() != 4:
-        output = None
-    bound = outcome.bound
-    if bound is None:
-        if implementation is None:
-            return None
-        bound = context.bound(implementation)
-    inputs = context.inputs64
-    return Probe(
-        case=case,
-        context=context,
-        outcome=outcome,
-        output=output,
-        truth=four_d(context.truth),
-        magnitude=four_d(context.magnitude),
-        bound=dataclasses.replace(bound, values=four_d(bound.values)),
-        x=four_d(inputs.input),
-        w=inputs.weight,
-        b=inputs.bias,
-        implementation=implementation,
-        caller=caller,
-    )
+    return Probe.from_outcome(outcome, case, context, implementation, caller)
 
 
 # Where the mismatches sit ---------------------------------------------------------------

@@ -52,6 +52,7 @@ DIAGNOSES = (
     "bias_doubled",
     "bias_wrong_axis",
     "output_channels_permuted",
+    "output_channels_mixed",
     "batch_permuted",
     "batch_mixed",
     "output_shape_off_by_one",

@@ -42,6 +42,7 @@ __all__ = [
     "kernel_flipped",
     "output_transposed_when_square",
     "output_channels_rolled",
+    "next_output_channel_added",
     "batch_rolled",
     "batch_mixed",
     "bias_missing",
@@ -438,6 +439,28 @@ def output_channels_rolled(input, weight, bias=None, stride=1, padding=0, dilati
 
 
 @declare(
+    bug_class="next_output_channel_added",
+    expected_diagnosis="output_channels_mixed",
+    expected_verdict="mismatch",
+    # 16 positions for 3 channels, so the mixing matrix is fitted from the case alone.
+    trigger=dict(out_channels=3, height=4, width=4, dtype="float64"),
+    plain=PLAIN_3X3,
+    padding_modes=ALL_PADDING_MODES,
+)
+@batched
+def next_output_channel_added(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                              padding_mode="zeros"):
+    """Add output channel c + 1 into channel c, as an off-by-one in a channel loop's accumulator would.
+
+    The last channel keeps its own result, and one output channel is correct.
+    """
+    output = reference_conv2d(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    mixed = output.clone()
+    mixed[:, :-1] += output[:, 1:]
+    return mixed
+
+
+@declare(
     bug_class="batch_rolled",
     expected_diagnosis="batch_permuted",
     expected_verdict="mismatch",
@@ -545,6 +568,7 @@ IMPLEMENTATIONS = [
     kernel_flipped,
     output_transposed_when_square,
     output_channels_rolled,
+    next_output_channel_added,
     batch_rolled,
     batch_mixed,
     bias_missing,
