@@ -26,9 +26,15 @@ REPORT = {report}
 
 
 def main() -> int:
-    from difftest.errors import DifftestError
-    from difftest.replay import replay_data
-    from difftest.text import format_report
+    try:
+        from difftest.errors import DifftestError
+        from difftest.replay import replay_data
+        from difftest.text import format_report
+    except ImportError as error:
+        # Status 1 would read as "the failure persists".
+        print(f"error: cannot import difftest ({{error}}); run this script with the Python "
+              f"environment where difftest is installed", file=sys.stderr)
+        return 2
 
     print(REPORT.get("case_call", ""))
     try:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from difftest.case import ConvCase
 from difftest.compare import compare_values, count_special_mismatches, error_statistics
+from difftest.runner import Outcome
 from difftest.tolerance import Bound
 
 SPECIAL = (math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-300)
@@ -47,3 +50,17 @@ def test_comparison_statistics_match_error_statistics(drawn):
 def test_comparison_special_count_matches(drawn):
     actual, truth, bound = drawn
     assert compare_values(actual, truth, bound).special_mismatches == count_special_mismatches(actual, truth)
+
+
+@pytest.mark.parametrize("mine, theirs, text", [
+    (2.0, 1.0, "2 times less accurate than torch"),
+    (1.0, 4.0, "4 times more accurate than torch"),
+    (0.0, 0.0, "both it and torch match the truth exactly"),
+    (1.0, 0.0, "torch matches the truth exactly, the implementation does not"),
+    (1.0, math.nan, "torch's own error is not finite on this case, so no ratio is given"),
+    (1.0, math.inf, "torch's own error is not finite on this case, so no ratio is given"),
+])
+def test_accuracy_text_against_torch(mine, theirs, text):
+    outcome = Outcome("conv", ConvCase(), "mismatch", implementation_error={"max_error": mine},
+                      torch_error={"max_error": theirs})
+    assert outcome.accuracy_text() == text

@@ -239,3 +239,15 @@ def test_edited_script_exits_2(tmp_path, failing_report):
     assert completed.stderr.startswith(f"error: invalid report {script}: field 'verdict' is 'wrong_answer', not a "
                                        "known verdict")
     assert "Traceback" not in completed.stderr
+
+
+def test_script_without_difftest_exits_2(tmp_path, failing_report):
+    script = tmp_path / "moved.py"
+    script.write_text(render_script(failing_report))
+    # -S leaves site-packages off sys.path, so difftest cannot be imported.
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    completed = subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=120,
+                               env=environment, cwd=tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: cannot import difftest (")
+    assert "Traceback" not in completed.stderr
