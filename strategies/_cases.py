@@ -203,6 +203,15 @@ def conv_cases(
     out. About one case in eight is a long reduction (many in-channels, a
     large kernel, a small image).
 
+    NOTE: some bounds are loose. A long reduction goes past ``max_channels``
+    and ``max_kernel`` (up to 96 in-channels and a 7x7 kernel). The input
+    may be larger than ``max_size`` where the dilated kernel is (up to
+    ``max_size + 2 * max_padding``), as in a 4x1 input for a 2x1 kernel
+    with dilation 3 under ``max_size=3``. 'same' padding pads by what the
+    dilated kernel needs, which may exceed ``max_padding``. ``max_batch``,
+    ``max_groups``, ``max_stride``, ``max_dilation`` and ``max_elements``
+    hold for every case.
+
     Shrinks toward batch 1, one channel, a 1x1 kernel, stride 1, no padding or
     dilation, groups 1, no bias, zeros padding, contiguous float32 on the CPU,
     and exact small-integer values with seed 0.
