@@ -11,9 +11,10 @@ Four measurements, printed with the machine they ran on:
 1. Examples per second of each built-in: one seeded search of ``--examples``
    cases, no reports written, invalid-call search off.
 2. The harness's overhead: the same seeded search through
-   :func:`difftest.fuzz_implementation`, against a bare Hypothesis loop that
-   draws the same cases and makes the same conv calls (the implementation,
-   torch's conv2d and the float64 truth). Both use the same strategy and
+   :func:`difftest.fuzz`, against a bare Hypothesis loop that draws the same
+   cases and makes the same conv calls (the implementation, torch's conv2d
+   and the float64 truth), for three built-ins alone and for two of them in
+   one shared search. Both use the same strategy and
    seed, and the script checks that the case lists are equal. The ratio is
    harness time over bare time, each the lowest of ``--repeats``
    interleaved runs, in CPU time and in wall time.
@@ -47,7 +48,7 @@ from hypothesis import HealthCheck, given, settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from difftest import FuzzOptions, fuzz_implementation, get  # noqa: E402
+from difftest import FuzzOptions, fuzz, fuzz_implementation, get  # noqa: E402
 from difftest.builtins import DEFAULT  # noqa: E402
 from difftest.reference import reference, truth  # noqa: E402
 from difftest.values import make_inputs  # noqa: E402
@@ -55,6 +56,8 @@ from strategies import conv_cases  # noqa: E402
 
 # Built-ins whose own work is small, so the harness's share of the time is largest.
 OVERHEAD_IMPLEMENTATIONS = ("torch_no_mkldnn", "unfold", "im2col")
+# Two of them that declare the same space, timed as one shared search.
+SHARED_OVERHEAD = ("unfold", "im2col")
 
 KNOWN_BAD = "unfold_transposed"
 
@@ -97,18 +100,23 @@ def throughput(names: tuple[str, ...], examples: int, seed: int) -> list[tuple[s
     return rows
 
 
-def _bare_loop(name: str, examples: int, seed: int, drawn: list[Any]) -> Callable[[], None]:
-    """Return a Hypothesis test over the harness's strategy that only makes the conv calls."""
-    implementation = get(name)
+def _bare_loop(names: tuple[str, ...], examples: int, seed: int, drawn: list[Any]) -> Callable[[], None]:
+    """Return a Hypothesis test over the harness's strategy that only makes the conv calls.
+
+    Each case's inputs, torch's conv2d and the truth are computed once, and
+    every implementation in ``names`` is called on them, as in a shared search.
+    """
+    implementations = [get(name) for name in names]
 
     @hypothesis.seed(seed)
     @settings(max_examples=examples, database=None, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(conv_cases(supports=implementation.supports))
+    @given(conv_cases(supports=implementations[0].supports))
     def bare(case: Any) -> None:
         drawn.append(case)
         inputs = make_inputs(case)
-        implementation.call(inputs.input, inputs.weight, inputs.bias, case)
+        for implementation in implementations:
+            implementation.call(inputs.input, inputs.weight, inputs.bias, case)
         reference(case, inputs)
         truth(case, inputs.float64())
 
@@ -122,25 +130,34 @@ def _timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
     return value, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def overhead(name: str, examples: int, seed: int, repeats: int) -> dict[str, Any]:
+def overhead(names: tuple[str, ...], examples: int, seed: int, repeats: int) -> dict[str, Any]:
     """Time the harness and the bare loop on the same cases, alternating, and keep the fastest of each.
 
-    CPU time is the figure to trust on a shared machine, with torch on one
-    thread: other processes stretch wall time but not this process's CPU time.
+    With several ``names`` (implementations of the same space) the harness
+    is one shared search over them all. CPU time is the figure to trust on a
+    shared machine, with torch on one thread: other processes stretch wall
+    time but not this process's CPU time.
     """
     harness_cases: list[Any] = []
     bare_cases: list[Any] = []
     timings: dict[str, list[tuple[float, float]]] = {"harness": [], "bare": []}
+
+    def record(outcome: Any) -> None:
+        # A shared search reports each case once per implementation.
+        if outcome.implementation == names[0]:
+            harness_cases.append(outcome.case)
+
     for _ in range(repeats):
         harness_cases.clear()
         bare_cases.clear()
-        options = _options(examples, seed, on_example=lambda outcome: harness_cases.append(outcome.case))
-        result, wall, cpu = _timed(lambda: fuzz_implementation(get(name), options))
+        options = _options(examples, seed, on_example=record)
+        results, wall, cpu = _timed(lambda: fuzz([get(name) for name in names], options))
         timings["harness"].append((wall, cpu))
-        _, wall, cpu = _timed(_bare_loop(name, examples, seed, bare_cases))
+        _, wall, cpu = _timed(_bare_loop(names, examples, seed, bare_cases))
         timings["bare"].append((wall, cpu))
     best = {key: (min(t[0] for t in values), min(t[1] for t in values)) for key, values in timings.items()}
-    return {"name": name, "examples": len(harness_cases), "verdict": result.verdict,
+    verdicts = sorted({result.verdict for result in results})
+    return {"name": " + ".join(names), "examples": len(harness_cases), "verdict": ", ".join(verdicts),
             "same_cases": harness_cases == bare_cases, "bare_wall": best["bare"][0], "bare_cpu": best["bare"][1],
             "harness_wall": best["harness"][0], "harness_cpu": best["harness"][1],
             "ratio_wall": best["harness"][0] / best["bare"][0], "ratio_cpu": best["harness"][1] / best["bare"][1]}
@@ -197,9 +214,9 @@ def _print_overhead(arguments: argparse.Namespace) -> None:
     print(f"\n## Harness overhead (best of {arguments.repeats}, same cases, same conv calls; seconds)")
     print(f"{'implementation':<18} {'bare cpu':>8} {'harness cpu':>11} {'ratio':>6}   {'bare wall':>9} "
           f"{'harness wall':>12} {'ratio':>6}  same cases")
-    for name in OVERHEAD_IMPLEMENTATIONS:
-        row = overhead(name, arguments.examples, arguments.seed, arguments.repeats)
-        print(f"{name:<18} {row['bare_cpu']:>8.2f} {row['harness_cpu']:>11.2f} {row['ratio_cpu']:>6.2f}   "
+    for names in [(name,) for name in OVERHEAD_IMPLEMENTATIONS] + [SHARED_OVERHEAD]:
+        row = overhead(names, arguments.examples, arguments.seed, arguments.repeats)
+        print(f"{row['name']:<18} {row['bare_cpu']:>8.2f} {row['harness_cpu']:>11.2f} {row['ratio_cpu']:>6.2f}   "
               f"{row['bare_wall']:>9.2f} {row['harness_wall']:>12.2f} {row['ratio_wall']:>6.2f}  "
               f"{'yes' if row['same_cases'] else 'NO'} ({row['examples']} cases, {row['verdict']})")
 
