@@ -209,6 +209,34 @@ def _hypothesis_settings(options: FuzzOptions, namespace: str) -> hypothesis.set
     )
 
 
+class _ShrinkTimeouts:
+    """The calls that timed out while a failure was shrunk, and whether the shrinker may try another case.
+
+    Each timed-out call costs a full ``timeout``, so past ``limit`` of them
+    (None: no limit) only cases that failed before run again. A case counts
+    once, however often Hypothesis replays it.
+    """
+
+    def __init__(self, limit: Optional[int]) -> None:
+        self.limit = limit
+        self.failed: set[Any] = set()
+        self.count = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.count >= self.limit
+
+    def blocks(self, case: Any) -> bool:
+        """Return whether ``case`` is a new shrinking step after the limit was reached."""
+        return bool(self.failed) and case not in self.failed and self.exhausted
+
+    def record(self, case: Any, verdict: str) -> None:
+        """Record a failing call of ``case``."""
+        if self.failed and case not in self.failed and verdict == "timeout":
+            self.count += 1
+        self.failed.add(case)
+
+
 def _namespace(implementation: Implementation) -> str:
     return implementation.target or implementation.name
 
@@ -221,10 +249,9 @@ class _Search:
         self.options = options
         self.result = ImplementationResult(implementation.name, expected_to_fail=implementation.expected_to_fail)
         self.caller = caller_for(implementation, options.timeout, options.memory_budget)
-        self.failed_cases: set[ConvCase] = set()
+        self.timeouts = _ShrinkTimeouts(options.max_shrink_timeouts)
         self.last_failure: list[Outcome] = []
         self.over_budget: list[MemoryBudgetError] = []
-        self.shrink_timeouts = 0
         self.slow_shrinking = False
         # A failure seen in a shared search while another implementation's was being shrunk.
         self.unshrunk: Optional[Outcome] = None
@@ -237,9 +264,7 @@ class _Search:
 
     def out_of_shrink_time(self, case: ConvCase) -> bool:
         """Return whether ``case`` is a new shrinking step after too many calls timed out."""
-        limit = self.options.max_shrink_timeouts
-        return (bool(self.failed_cases) and case not in self.failed_cases and limit is not None
-                and self.shrink_timeouts >= limit)
+        return self.timeouts.blocks(case)
 
     def skip(self, error: MemoryBudgetError) -> None:
         if not self.over_budget:
@@ -257,7 +282,7 @@ class _Search:
             hypothesis.reject()
         finally:
             self.result.seconds += time.perf_counter() - started
-        if self.failed_cases:
+        if self.timeouts.failed:
             self.result.shrink_steps += 1
         else:
             self.result.examples += 1
@@ -269,9 +294,7 @@ class _Search:
 
     def fail(self, outcome: Outcome) -> ImplementationFailure:
         """Record a failure of this implementation's search and return the exception that makes Hypothesis shrink it."""
-        if self.failed_cases and outcome.verdict == "timeout":
-            self.shrink_timeouts += 1
-        self.failed_cases.add(outcome.case)
+        self.timeouts.record(outcome.case, outcome.verdict)
         self.last_failure[:] = [outcome]
         return ImplementationFailure(outcome)
 
@@ -303,9 +326,9 @@ class _Search:
                               "found again within the budget, so the case is not shrunk")
         if self.over_budget:
             _add_note(result, f"{len(self.over_budget)} cases over the memory budget skipped")
-        limit = self.options.max_shrink_timeouts
-        if limit is not None and self.shrink_timeouts >= limit:
-            _add_note(result, f"shrinking stopped after {self.shrink_timeouts} calls timed out, so the case may "
+        if self.timeouts.exhausted:
+            calls = "call" if self.timeouts.count == 1 else "calls"
+            _add_note(result, f"shrinking stopped after {self.timeouts.count} {calls} timed out, so the case may "
                               "not be minimal")
         elif self.slow_shrinking:
             _add_note(result, "shrinking stopped at Hypothesis's time limit, so the case may not be minimal")
@@ -496,10 +519,15 @@ def _search_invalid_calls(implementation: Implementation, options: FuzzOptions, 
     strategy = invalid_conv_calls(supports=implementation.supports, **narrowing)
     caller = caller_for(implementation, options.timeout, options.memory_budget)
 
+    timeouts = _ShrinkTimeouts(options.max_shrink_timeouts)
+
     def check(call: InvalidCall) -> None:
+        if timeouts.blocks(call):
+            hypothesis.reject()
         result.invalid_examples += 1
         outcome = evaluate_invalid(implementation, call, caller=caller)
         if not outcome.passed:
+            timeouts.record(call, outcome.verdict)
             raise ImplementationFailure(outcome)
 
     examples = options.invalid_examples or max(20, options.max_examples // 2)

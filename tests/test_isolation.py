@@ -438,5 +438,28 @@ def test_shrink_stopped_by_timeouts_is_noted(tmp_path):
                           check_invalid=False, report_dir=str(tmp_path))
     (result,) = fuzz([implementation], options)
     assert result.verdict == "timeout"
-    # The limit stops new cases; cases that failed before still run again, and may time out again.
-    assert re.fullmatch(r"shrinking stopped after \d+ calls timed out, so the case may not be minimal", result.note)
+    # The limit stops new cases; cases that failed before still run again but count once.
+    assert result.note == "shrinking stopped after 1 call timed out, so the case may not be minimal"
+
+
+def test_invalid_call_search_stops_after_timeouts(tmp_path):
+    source = tmp_path / "sleeper.py"
+    source.write_text(textwrap.dedent("""
+        import time
+
+        def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+            time.sleep(600)
+    """))
+    implementation = load(f"{source}:conv2d")
+    options = FuzzOptions(max_examples=5, seed=0, timeout=0.5, max_shrink_timeouts=1, analyse=False,
+                          report_dir=str(tmp_path / "reports"))
+
+    started = time.perf_counter()
+    (result,) = fuzz([implementation], options)
+    seconds = time.perf_counter() - started
+
+    assert result.verdict == "timeout"
+    assert result.invalid_outcome.verdict == "timeout"
+    # The first call fails, one shrinking step times out, and Hypothesis replays the failure.
+    assert result.invalid_examples <= 4
+    assert seconds < 60
