@@ -456,7 +456,7 @@ def _shared_round(pending: list[_Search], strategy: Any, options: FuzzOptions, n
     def check(case: ConvCase) -> None:
         failing = shrink_step(case) if shrinking else search_step(case)
         if failing is not None:
-            # One raise statement: Hypothesis tells failures apart by where
+            # One raise statement: Hypothesis distinguishes failures by where
             # they are raised, and a search and its shrinking must agree.
             raise failing
 
@@ -643,9 +643,9 @@ def fuzz(implementations: Iterable[Implementation], options: FuzzOptions,
     """Fuzz the implementations; one failing never stops the others.
 
     Implementations that declare the same space (the same Supports, apart
-    from the bound's error model and factor) share one search, so each case
-    drawn feeds them all and its float64 truth is computed once; each failure
-    is still shrunk on its own. Results come back in the order given, and
+    from the bound's error model and factor) share one search. Each case
+    drawn feeds them all and its float64 truth is computed once, and each
+    failure is still shrunk on its own. Results come back in the order given, and
     ``on_result`` is called as each implementation finishes.
 
     With several implementations, one that supports none of the dtypes or

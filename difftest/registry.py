@@ -321,11 +321,35 @@ def _signature_problem(function: Any) -> tuple[str, str] | None:
         return (f"takes {count} positional argument{plural}, but an implementation takes at least 2 (input, weight)",
                 "give it the signature of torch.nn.functional.conv2d: "
                 "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)")
+    misplaced = _misplaced_parameter(function, plan.positional)
+    if misplaced is not None:
+        return misplaced, ("order its parameters as torch.nn.functional.conv2d does: "
+                           "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)")
     if plan.unpassed_required:
         return (f"requires the parameter {plan.unpassed_required[0]!r}, which the conv2d calling convention does "
                 "not always pass",
                 "give it a default value (difftest passes input, weight, bias, stride, padding, dilation and groups, "
                 "and padding_mode only for modes other than 'zeros')")
+    return None
+
+
+def _misplaced_parameter(function: Any, positional: int) -> str | None:
+    """Return how a parameter named after a conv2d argument would receive another argument, or None.
+
+    difftest passes conv2d's arguments by position, so a parameter named
+    'stride' in padding's position would get the padding. input and weight
+    are left out: implementations often call them x and w.
+    """
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    kind = inspect.Parameter
+    slots = [p.name for p in parameters if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
+    for index, name in enumerate(slots[:positional]):
+        if name in CONV2D_PARAMETERS[2:] and name != CONV2D_PARAMETERS[index]:
+            return (f"has the parameter {name!r} in position {index + 1}, where difftest passes "
+                    f"{CONV2D_PARAMETERS[index]}")
     return None
 
 

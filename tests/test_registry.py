@@ -191,6 +191,26 @@ def test_required_unpassed_parameter_rejected(names):
                                    "always pass")
 
 
+@pytest.mark.parametrize("conv, reason", [
+    (lambda input, weight, bias=None, padding=0, stride=1: None,
+     "has the parameter 'padding' in position 4, where difftest passes stride"),
+    (lambda input, weight, scale, bias=None, stride=1: None,
+     "has the parameter 'bias' in position 4, where difftest passes stride"),
+])
+def test_misplaced_parameter_rejected(names, conv, reason):
+    with pytest.raises(UsageError) as raised:
+        _register(names, "misordered_conv", conv)
+    assert raised.value.reason == reason
+    assert "order its parameters as torch.nn.functional.conv2d does" in raised.value.fix
+
+
+def test_renamed_input_and_weight_accepted(names):
+    def conv(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        return F.conv2d(x, w, bias, stride, padding, dilation, groups)
+
+    assert evaluate(_register(names, "short_names_conv", conv), CASE).verdict == "pass"
+
+
 def test_declared_option_without_parameter_rejected(names):
     def conv(x, w, b=None, *, padding=0):
         return F.conv2d(x, w, b, 1, padding)
