@@ -103,7 +103,7 @@ def replay_data(data: dict[str, Any], path: Optional[str] = None) -> tuple[Outco
         if data.get("invalid_call") is not None:
             call = InvalidCall.from_dict(data["invalid_call"])
             invalid = evaluate_invalid(implementation, call, caller=caller)
-            return invalid, report_dict(invalid, implementation, diagnosis=data.get("diagnosis"),
+            return invalid, report_dict(invalid, implementation, diagnosis=_diagnosis(invalid, data),
                                         reproduce=data.get("reproduce"))
         case = ConvCase.from_dict(data["case"])
         context = _context(case, data.get("inputs"), label)
@@ -112,9 +112,14 @@ def replay_data(data: dict[str, Any], path: Optional[str] = None) -> tuple[Outco
         # Raised by an isolated caller whose worker process cannot import the target.
         raise ReportError(label, "implementation.target", f"is {implementation.target!r}, which a worker process "
                           f"cannot import: {error.reason}. {_TARGET_FIX}") from None
-    fresh = report_dict(outcome, implementation, inputs=data.get("inputs"), diagnosis=data.get("diagnosis"),
+    fresh = report_dict(outcome, implementation, inputs=data.get("inputs"), diagnosis=_diagnosis(outcome, data),
                         reproduce=data.get("reproduce"), timeout=data.get("timeout"))
     return outcome, fresh
+
+
+def _diagnosis(outcome: Any, data: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Return the saved report's diagnosis while the failure persists; a passing replay has none."""
+    return None if outcome.passed else data.get("diagnosis")
 
 
 def _check_device(data: dict[str, Any], path: str) -> None:

@@ -36,7 +36,6 @@ def main() -> int:
               f"environment where difftest is installed", file=sys.stderr)
         return 2
 
-    print(REPORT.get("case_call", ""))
     try:
         outcome, data = replay_data(REPORT, __file__)
     except DifftestError as error:

@@ -80,6 +80,9 @@ def test_fixed_report_replays_0(known_bad_report, tmp_path, capsys):
     script.write_text(render_script(data))
     completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    # The saved diagnosis described the failure, which is gone.
+    assert "Diagnosis" not in completed.stdout
+    assert completed.stdout.count("conv2d(") == 1
 
 
 @pytest.mark.parametrize("name", CORRECT_CORE)
