@@ -85,6 +85,7 @@ def render_heatmap(outcome: Outcome, context: CaseContext, path: str) -> Optiona
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         if not _missing_logged:
             logger.info("matplotlib is not installed, so reports get no error heatmap "
@@ -113,6 +114,9 @@ def render_heatmap(outcome: Outcome, context: CaseContext, path: str) -> Optiona
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("output column (W)", fontsize=8)
         axis.set_ylabel("output row (H)", fontsize=8)
+        # Positions are whole numbers: on a 2x2 output the default ticks fall at -0.5, -0.25, ...
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     figure.suptitle(f"{outcome.implementation}\n{label}", fontsize=9)
     figure.tight_layout()

@@ -290,6 +290,14 @@ def settings_from_config(config: pytest.Config) -> PluginSettings:
         values[option.name] = _convert(option, raw, source)
         sources[option.name] = source
 
+    if values["timeout"] is not None and values["no_isolate"]:
+        # As on the command line: a time limit that cannot apply is an error, not a silent no-op.
+        timeout, no_isolate = sources["timeout"], sources["no_isolate"]
+        raise pytest.UsageError(f"{timeout}='{values['timeout']:g}' is invalid: {no_isolate} runs every "
+                                "implementation in the pytest process, where a call cannot be stopped. drop "
+                                f"{no_isolate} to run calls in a worker process that the time limit applies to, or "
+                                f"drop {timeout}")
+
     settings = PluginSettings(impls=list(values["impl"] or []), impl_source=sources["impl"],
                               max_examples=values["max_examples"],
                               seed=values["seed"], dtypes=list(values["dtype"] or []),

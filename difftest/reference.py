@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,14 @@ from difftest.case import ConvCase, explicit_padding
 from difftest.values import Inputs
 
 __all__ = ["conv2d_as_module", "reference", "truth", "magnitude"]
+
+
+@contextlib.contextmanager
+def quiet_same_padding() -> Iterator[None]:
+    """Silence torch's warning that 'same' padding with an even kernel copies the input: harmless here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using padding='same'")
+        yield
 
 
 def conv2d_as_module(
@@ -28,9 +37,7 @@ def conv2d_as_module(
     padding; this does the same.
     """
     if case.padding_mode == "zeros":
-        with warnings.catch_warnings():
-            # torch warns that 'same' with an even kernel copies the input; harmless here.
-            warnings.filterwarnings("ignore", message="Using padding='same'")
+        with quiet_same_padding():
             return conv(input, weight, bias, case.stride, case.padding_argument, case.dilation, case.groups)
     top, bottom, left, right = explicit_padding(case.padding, case.kernel, case.dilation)
     padded = F.pad(input, (left, right, top, bottom), mode=case.padding_mode)

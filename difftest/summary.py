@@ -57,7 +57,7 @@ def render_table(results: Iterable[ImplementationResult]) -> str:
             if result.note:
                 lines.append(f"  note: {result.note}")
             if result.invalid_report and result.invalid_report != result.report:
-                lines.append(f"  also a {result.invalid_outcome.verdict} on an invalid call: "
+                lines.append(f"  also on an invalid call: {result.invalid_outcome.verdict}, "
                              f"{_shown_path(result.invalid_report)}")
             if result.outcome.reference_suspect:
                 # torch is wrong too on this case, so torch's output is not the expected result there.

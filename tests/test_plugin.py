@@ -246,6 +246,16 @@ USAGE_ERRORS = {
     "timeout_nan_ini": (
         ["--difftest-impl", "loop"], "difftest_timeout = nan\n", {},
         f"ERROR: difftest_timeout='nan' is invalid: {TIMEOUT_RANGE}"),
+    "timeout_without_isolation": (
+        ["--difftest-impl", "loop", "--difftest-timeout", "3", "--difftest-no-isolate"], "", {},
+        "ERROR: --difftest-timeout='3' is invalid: --difftest-no-isolate runs every implementation in the pytest "
+        "process, where a call cannot be stopped. drop --difftest-no-isolate to run calls in a worker process that "
+        "the time limit applies to, or drop --difftest-timeout"),
+    "timeout_without_isolation_env": (
+        ["--difftest-impl", "loop"], "", {"DIFFTEST_TIMEOUT": "2.5", "DIFFTEST_NO_ISOLATE": "1"},
+        "ERROR: DIFFTEST_TIMEOUT='2.5' is invalid: DIFFTEST_NO_ISOLATE runs every implementation in the pytest "
+        "process, where a call cannot be stopped. drop DIFFTEST_NO_ISOLATE to run calls in a worker process that "
+        "the time limit applies to, or drop DIFFTEST_TIMEOUT"),
     "threads_overflow": (
         ["--difftest-impl", "loop", "--difftest-threads", "2147483648"], "", {},
         "ERROR: --difftest-threads='2147483648' is invalid: expected a positive integer of at most 2147483647"),

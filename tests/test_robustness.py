@@ -906,7 +906,7 @@ def test_isolated_sys_exit_report_names_system_exit(tmp_path, capsys):
     [value] = [json.load(open(path)) for path in glob.glob(str(reports / "*--exception--*.json"))]
     assert value["exception"] == "SystemExit: 0"
     [invalid] = glob.glob(str(reports / "*--valid_input_rejected--*.json"))
-    assert f"  also a valid_input_rejected on an invalid call: {_shown_path(invalid)}" in output.splitlines()
+    assert f"  also on an invalid call: valid_input_rejected, {_shown_path(invalid)}" in output.splitlines()
 
 
 def test_ignored_interrupt_still_stops_run(monkeypatch, capsys):
