@@ -61,6 +61,9 @@ MIXING_TEXT_SHARE = 5e-4
 # tried as they are last. Rounded shares keep integer references exact.
 MIXING_GRIDS = (1.0, 64.0)
 
+# output_scaled needs this many nonzero reference elements, all scaled by the same factor.
+MIN_SCALED_ELEMENTS = 3
+
 # Accumulation precisions tried by low_precision_accumulation, widest first.
 NARROWER_ACCUMULATION = ("float32", "float16", "bfloat16")
 
@@ -813,6 +816,48 @@ def _mixing_text(matrix: torch.Tensor, before_bias: bool) -> str:
     return f"the output channels are mixed{where}: {listed} (channels of the reference)"
 
 
+def _output_scaled(p: Probe) -> Optional[str]:
+    if not p.same_shape:
+        return None
+    # Any single value is some multiple of the reference, so a factor means
+    # something only where it holds for several nonzero elements. A small
+    # case is run again with other seeds until there are enough.
+    probes, outputs, truths = [p], [], []
+    draws = _redraws(p)
+    while True:
+        q = probes[-1]
+        assert q.output is not None
+        finite = torch.isfinite(q.output) & torch.isfinite(q.truth)
+        outputs.append(q.output[finite])
+        truths.append(q.truth[finite])
+        if sum(int(t.ne(0).sum()) for t in truths) >= MIN_SCALED_ELEMENTS:
+            break
+        draw = next(draws, None)
+        if draw is None:
+            return None
+        probes.append(draw)
+
+    truth, output = torch.cat(truths), torch.cat(outputs)
+    fitted = float((output * truth).sum()) / float(truth.square().sum())
+    # A negative factor would turn the magnitudes that set the bound negative too.
+    # NOTE: so a sign error (factor -1) is left to the mismatch locations.
+    for factor in _rounded(torch.tensor(fitted, dtype=torch.float64)):
+        value = float(factor)
+        if value <= 0 or value == 1:
+            continue
+        if all(_scaled_by(q, value) for q in probes):
+            return f"the output is {value:.4g} times the reference"
+    return None
+
+
+def _scaled_by(p: Probe, factor: float) -> bool:
+    """Return whether ``p``'s output is ``factor`` times its reference; a zero reference must give a zero output."""
+    assert p.output is not None
+    if not bool(p.truth.ne(0).any()):
+        return compare_values(p.output, p.truth, p.bound).passed
+    return p.explains(lambda x, w, b: factor * p.conv(x, w, b))
+
+
 def _output_shape_off_by_one(p: Probe) -> Optional[str]:
     if p.output is None or p.same_shape or p.output.shape[:2] != p.truth.shape[:2]:
         return None
@@ -938,6 +983,7 @@ CATALOGUE: tuple[tuple[str, Hypothesis], ...] = (
     ("output_channels_permuted", _output_channels_permuted),
     ("batch_permuted", _batch_permuted),
     ("output_channels_mixed", _output_channels_mixed),
+    ("output_scaled", _output_scaled),
     ("output_shape_off_by_one", _output_shape_off_by_one),
     ("layout_dependent", _layout_dependent),
     ("batch_mixed", _batch_mixed),

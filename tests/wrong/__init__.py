@@ -53,6 +53,7 @@ DIAGNOSES = (
     "bias_wrong_axis",
     "output_channels_permuted",
     "output_channels_mixed",
+    "output_scaled",
     "batch_permuted",
     "batch_mixed",
     "output_shape_off_by_one",

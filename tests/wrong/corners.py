@@ -43,6 +43,7 @@ __all__ = [
     "output_transposed_when_square",
     "output_channels_rolled",
     "next_output_channel_added",
+    "divided_by_kernel_area",
     "batch_rolled",
     "batch_mixed",
     "bias_missing",
@@ -461,6 +462,22 @@ def next_output_channel_added(input, weight, bias=None, stride=1, padding=0, dil
 
 
 @declare(
+    bug_class="divided_by_kernel_area",
+    expected_diagnosis="output_scaled",
+    expected_verdict="mismatch",
+    trigger=dict(height=3, width=3, kernel_height=2, kernel_width=2, dtype="float64"),
+    plain=PLAIN_1X1,
+    padding_modes=ALL_PADDING_MODES,
+)
+@batched
+def divided_by_kernel_area(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                           padding_mode="zeros"):
+    """Divide the result by the kernel area, as a convolution adapted from average pooling would."""
+    output = reference_conv2d(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    return output / (weight.shape[-2] * weight.shape[-1])
+
+
+@declare(
     bug_class="batch_rolled",
     expected_diagnosis="batch_permuted",
     expected_verdict="mismatch",
@@ -569,6 +586,7 @@ IMPLEMENTATIONS = [
     output_transposed_when_square,
     output_channels_rolled,
     next_output_channel_added,
+    divided_by_kernel_area,
     batch_rolled,
     batch_mixed,
     bias_missing,
