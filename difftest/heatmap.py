@@ -115,8 +115,9 @@ def render_heatmap(outcome: Outcome, context: CaseContext, path: str) -> Optiona
         axis.set_xlabel("output column (W)", fontsize=8)
         axis.set_ylabel("output row (H)", fontsize=8)
         # Positions are whole numbers: on a 2x2 output the default ticks fall at -0.5, -0.25, ...
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        # min_n_ticks=1 keeps a single tick at 0 on an axis of length 1.
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     figure.suptitle(f"{outcome.implementation}\n{label}", fontsize=9)
     figure.tight_layout()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from difftest.case import DTYPES
 from difftest.errors import UsageError
-from difftest.reference import quiet_same_padding
+from difftest.reference import crash_free_backend, quiet_same_padding
 from difftest.registry import Implementation
 from difftest.runner import PASS, Outcome, call_in_process, exception_text
 from difftest.values import Inputs
@@ -148,7 +148,7 @@ class InvalidCall:
 
     def torch_call(self, inputs: Inputs) -> torch.Tensor:
         """Return torch.nn.functional.conv2d on ``inputs`` with this call's arguments; raises where torch does."""
-        with quiet_same_padding():
+        with quiet_same_padding(), crash_free_backend(self.dtype, self.device):
             return F.conv2d(inputs.input, inputs.weight, inputs.bias, self.stride, self.padding_argument,
                             self.dilation, self.groups)
 

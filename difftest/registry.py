@@ -347,7 +347,8 @@ def _misplaced_parameter(function: Any, positional: int) -> str | None:
     kind = inspect.Parameter
     slots = [p.name for p in parameters if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
     for index, name in enumerate(slots[:positional]):
-        if name in CONV2D_PARAMETERS[2:] and name != CONV2D_PARAMETERS[index]:
+        # padding_mode always goes by keyword, so no position receives it.
+        if name in (*CONV2D_PARAMETERS[2:], "padding_mode") and name != CONV2D_PARAMETERS[index]:
             return (f"has the parameter {name!r} in position {index + 1}, where difftest passes "
                     f"{CONV2D_PARAMETERS[index]}")
     return None

@@ -96,8 +96,7 @@ class CaseContext:
         """Return torch's own conv2d output on the case, or None where torch raised."""
         if self._reference is None and self._reference_error is None:
             # NOTE: torch runs in this process even for an isolated implementation, so a crash inside torch
-            # ends the run. torch 2.13's CPU bfloat16 conv2d segfaults on some dilated kernels much taller
-            # than the input (1x1x1x9 input, 1x1x6x3 weight, dilation (3, 1), padding 'same').
+            # ends the run. reference() avoids the crashes known on this torch (oneDNN bfloat16 on AMX CPUs).
             try:
                 self._reference = reference(self.case, self.inputs).detach()
             except Exception as error:  # torch failing is reported, never fatal

@@ -196,6 +196,8 @@ def test_required_unpassed_parameter_rejected(names):
      "has the parameter 'padding' in position 4, where difftest passes stride"),
     (lambda input, weight, scale, bias=None, stride=1: None,
      "has the parameter 'bias' in position 4, where difftest passes stride"),
+    (lambda input, weight, padding_mode="zeros": None,
+     "has the parameter 'padding_mode' in position 3, where difftest passes bias"),
 ])
 def test_misplaced_parameter_rejected(names, conv, reason):
     with pytest.raises(UsageError) as raised:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from difftest.builtins._common import HALF_DTYPES, pre_pad
+from difftest.reference import mkldnn_flags
 
 __all__ = ["conv2d_mkldnn", "conv2d_no_mkldnn", "conv2d_channels_last", "conv2d_half", "conv2d_compiled"]
 
@@ -34,20 +35,12 @@ def _conv(
     return conv(input, weight, bias, stride, padding, dilation, groups)
 
 
-def _mkldnn_flags(enabled: bool) -> Any:
-    # flags() resets the other oneDNN settings to its own defaults (and warns
-    # about TF32 on a CPU build), so pass their current values through.
-    mkldnn = torch.backends.mkldnn
-    return mkldnn.flags(enabled=enabled, deterministic=mkldnn.deterministic,
-                        allow_tf32=mkldnn.allow_tf32, fp32_precision=mkldnn.fp32_precision)
-
-
 def conv2d_mkldnn(
     input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: Any = 1,
     padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """Run torch's conv2d with the oneDNN (mkldnn) backend enabled."""
-    with _mkldnn_flags(True):
+    with mkldnn_flags(True):
         return _conv(input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
 
@@ -56,7 +49,7 @@ def conv2d_no_mkldnn(
     padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """Run torch's conv2d with the oneDNN (mkldnn) backend disabled, so ATen's own kernels run."""
-    with _mkldnn_flags(False):
+    with mkldnn_flags(False):
         return _conv(input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
 
