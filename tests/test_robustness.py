@@ -921,3 +921,28 @@ def test_ignored_interrupt_still_stops_run(monkeypatch, capsys):
     assert main(["fuzz"]) == 130
     assert capsys.readouterr().err.strip() == "difftest: interrupted; reports written so far are complete"
     assert main(["list"]) == 0
+
+
+def test_interrupt_turned_into_other_error_stops_run(monkeypatch, capsys):
+    from difftest import cli
+
+    def fuzz_whose_interrupt_became_an_assertion(arguments):
+        # As when the signal lands before Hypothesis's engine starts, and
+        # Hypothesis's own handler fails an assertion in its place.
+        cli._interrupted.append(signal.SIGTERM)
+        raise AssertionError
+
+    monkeypatch.setattr(cli, "_fuzz", fuzz_whose_interrupt_became_an_assertion)
+    assert main(["fuzz"]) == 130
+    assert capsys.readouterr().err.strip() == "difftest: interrupted; reports written so far are complete"
+
+
+def test_error_without_interrupt_is_raised(monkeypatch):
+    from difftest import cli
+
+    def failing_fuzz(arguments):
+        raise AssertionError("a bug in difftest")
+
+    monkeypatch.setattr(cli, "_fuzz", failing_fuzz)
+    with pytest.raises(AssertionError, match="a bug in difftest"):
+        main(["fuzz"])
