@@ -546,14 +546,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DifftestError as error:
         print(f"difftest {arguments.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("difftest: interrupted; reports written so far are complete", file=sys.stderr)
-        return 130
-    except Exception:
+    except (KeyboardInterrupt, Exception) as error:
         # A KeyboardInterrupt that lands inside a library's own error
-        # handling can come out as another exception: Hypothesis, stopped
+        # handling can come out as another exception. Hypothesis, stopped
         # before its engine starts, fails an assertion of its own instead.
-        if not _interrupted:
+        if not isinstance(error, KeyboardInterrupt) and not _interrupted:
             raise
         print("difftest: interrupted; reports written so far are complete", file=sys.stderr)
         return 130

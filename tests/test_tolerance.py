@@ -660,10 +660,10 @@ def test_correct_builtin_passes_drawn_cases(name):
     def check(case):
         # NOTE: torch 2.13's oneDNN path for bfloat16 is wrong in corners
         # that depend on the CPU (docs/tolerance.md, "Known deviations of
-        # torch itself"): special values, and a stride above 1 along the
-        # width (on AVX512-BF16 CPUs with channels_last grouped input only,
-        # on AMX-BF16 CPUs with any layout). The oneDNN paths are not held to
-        # those corners here; benchmarks/long_run.py lists the cases.
+        # torch itself"). One is special values. The other is a stride above
+        # 1 along the width: with channels_last grouped input only on
+        # AVX512-BF16 CPUs, with any layout on AMX-BF16 CPUs. The oneDNN
+        # paths are not held to those corners here.
         known = case.values == "special" or case.stride[1] > 1
         if name.startswith("torch_") and name != "torch_no_mkldnn" and case.dtype == "bfloat16" and known:
             return
