@@ -393,7 +393,7 @@ def _run_search(test: Callable[[], None], searches: list[_Search], shrunk: Calla
             raise
         target.settle(error)
     except (Unsatisfiable, FailedHealthCheck):
-        # Every case drawn was over the memory budget: say so rather than
+        # Every case drawn was over the memory budget. Report that instead of
         # Hypothesis's message about a strategy that draws nothing valid.
         over_budget = next((search.over_budget[0] for search in searches if search.over_budget), None)
         if over_budget is None:

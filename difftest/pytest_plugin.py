@@ -656,8 +656,8 @@ class _FuzzItem(_DifftestItem):
             pytest.xfail(f"known bad {self.implementation.name}: {result.verdict} on "
                          f"{result.outcome.case.describe()} ({result.report})")
         text = format_report(load_report(result.report))
-        # The note tells when the search was cut short, for example when
-        # shrinking stopped on timeouts and the case may not be minimal.
+        # The note explains a search cut short, for example when shrinking
+        # stopped on timeouts and the case may not be minimal.
         note = f"\nNote: {result.note}" if result.note else ""
         raise DifftestFinding(f"{text}{note}\nReport: {result.report}\nScript: {result.script}")
 

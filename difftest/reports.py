@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import shlex
-import sys
 import tempfile
 import uuid
 from typing import Any, Optional

@@ -8,9 +8,9 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from hypothesis import strategies as st
 
-from difftest.case import DTYPES, LAYOUTS, PADDING_MODES, VALUE_KINDS, ConvCase
+from difftest.case import VALUE_KINDS, ConvCase
 from difftest.errors import UsageError
-from difftest.registry import PADDING_FORMS, Supports
+from difftest.registry import Supports
 
 __all__ = ["conv_cases", "available_devices", "check_narrowing", "value_kinds"]
 

@@ -285,7 +285,7 @@ def test_timeout_on_in_process_builtin_warns(tmp_path, caplog):
 
 def test_max_shrink_timeouts_option(tmp_path, capsys):
     # Each timed-out call costs the full --timeout, so one allowed timeout
-    # stops the shrinker early, and the summary says the case may not be minimal.
+    # stops the shrinker early, and the summary notes the case may not be minimal.
     assert main(["fuzz", "--impl", "tests.wrong.broken:hang_when_tall", "--timeout", "0.5",
                  "--max-shrink-timeouts", "1", "--max-examples", "50", "--seed", "0", "--no-invalid",
                  "--no-replay", "--report-dir", str(tmp_path), "--json"]) == 1

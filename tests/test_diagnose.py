@@ -255,9 +255,9 @@ def test_unfold_transposed_diagnosed_with_tiny_inputs(tmp_path):
 
 # Correct implementations ------------------------------------------------------------------------------
 
-# These hypotheses presuppose a failure: each explains a wrong output by what
-# still holds (a looser bound, a contiguous copy, one batch item alone), so
-# on a correct output they hold trivially. diagnose() never runs them there.
+# These hypotheses presuppose a failure. Each explains a wrong output by what
+# is still right (a looser bound, a contiguous copy, one batch item alone), so
+# a correct output matches them trivially. diagnose() never runs them there.
 PRESUPPOSE_FAILURE = {"low_precision_accumulation", "layout_dependent", "batch_mixed"}
 
 

@@ -230,7 +230,7 @@ def test_allocation_stops_at_memory_limit(caller):
 
 def test_budget_too_small_names_the_limit():
     # A correct implementation needs more than a 1 MiB limit for its output,
-    # and the finding says so instead of reporting a bare exception.
+    # and the finding names that limit instead of reporting a bare exception.
     implementation = isolated(conv2d)
     case = ConvCase(height=1024, width=1024, kernel_height=1, kernel_width=1, dtype="float64")
     with isolated_caller(timeout=60, memory_limit=2**20) as caller:

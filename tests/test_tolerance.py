@@ -25,9 +25,9 @@ from difftest.fuzz import FuzzOptions, fuzz_implementation
 from difftest.registry import get, register, unregister
 from difftest.runner import CaseContext, evaluate
 from difftest.tolerance import (ACCUMULATION_DTYPE, SIGNIFICAND_BITS, SMALLEST_NORMAL, UNDERFLOW, UNIT_ROUNDOFF,
-                                WINOGRAD_AMPLIFICATION, SubnormalTerms, elementwise_bound, exact_bound, gamma,
+                                WINOGRAD_AMPLIFICATION, elementwise_bound, exact_bound, gamma,
                                 normwise_bound, normwise_scale, subnormal_terms)
-from difftest.values import Inputs, exact_limit, literal_inputs, make_inputs
+from difftest.values import Inputs, exact_limit, make_inputs
 from strategies import conv_cases
 from tests.wrong import precision
 from tests.wrong._common import pair
